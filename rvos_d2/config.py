@@ -1,0 +1,72 @@
+"""Every rvos_d2 config key with its default and one-line meaning.
+
+Keys are added to detectron2's default config by `add_rvos_config(cfg)`; a YAML key that is not
+declared here makes detectron2 raise its usual "Non-existent config key" error.
+Each `_add_*` function below owns one group of keys.
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def _add_input_config(cfg: CN) -> None:
+    """Clip sampling and augmentation (rvos_d2.data.mappers / transforms)."""
+    cfg.INPUT.FORMAT = "RGB"  # channel order of the `image` tensors given to models
+    cfg.INPUT.SAMPLING_FRAME_NUM = 5  # frames per training clip (T)
+    cfg.INPUT.SAMPLING_FRAME_RANGE = 10  # training clip frames lie within +-range of a reference frame
+    cfg.INPUT.COLOR_AUG = True  # photometric distortion (same parameters for every frame of a clip)
+    cfg.INPUT.TEST_FRAME_STRIDE = 1  # inference uses every k-th frame
+
+
+def _add_text_encoder_config(cfg: CN) -> None:
+    """Language encoder shared by all methods (rvos_d2.modeling.text_encoder)."""
+    cfg.MODEL.TEXT_ENCODER = CN()
+    # "minilm" = the offline all-MiniLM-L6-v2 package; otherwise a transformers name or local path
+    cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
+    cfg.MODEL.TEXT_ENCODER.FREEZE = True  # keep the language model's weights fixed
+    cfg.MODEL.TEXT_ENCODER.MAX_TOKENS = 32  # expressions are truncated to this many tokens
+
+
+def _add_transformer_config(cfg: CN) -> None:
+    """Deformable encoder/decoder shared by ReferFormer and SOC (rvos_d2.modeling.transformer)."""
+    cfg.MODEL.DEFORMABLE_TRANSFORMER = CN()
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM = 256  # model width C
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.NHEADS = 8  # attention heads M
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.ENC_LAYERS = 4
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS = 4
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DIM_FEEDFORWARD = 1024
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DROPOUT = 0.1
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.NUM_FEATURE_LEVELS = 4  # multi-scale levels L
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.ENC_N_POINTS = 4  # sampling points P per level in the encoder
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_N_POINTS = 4  # sampling points P per level in the decoder
+
+
+def _add_backbone_config(cfg: CN) -> None:
+    """Backbones beyond detectron2's ResNet (rvos_d2.modeling.backbone)."""
+
+
+def _add_referformer_config(cfg: CN) -> None:
+    """ReferFormer meta-architecture, heads, matcher and loss weights."""
+    cfg.MODEL.REFERFORMER = CN()
+
+
+def _add_solver_config(cfg: CN) -> None:
+    """Optimizer extras used by rvos_d2.engine."""
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.5  # backbone learning rate = BASE_LR * this
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding tables (queries, levels)
+
+
+def _add_test_config(cfg: CN) -> None:
+    """Inference and evaluation (meta-architectures, rvos_d2.evaluation)."""
+    cfg.TEST.WINDOW = 36  # frames per inference window; selection still spans the whole video
+
+
+def add_rvos_config(cfg: CN) -> None:
+    """Adds every rvos_d2 key to a detectron2 config (call before `merge_from_file`)."""
+    _add_input_config(cfg)
+    _add_text_encoder_config(cfg)
+    _add_transformer_config(cfg)
+    _add_backbone_config(cfg)
+    _add_referformer_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)

@@ -1,0 +1,52 @@
+"""Reads the target mask of one frame of a dataset dict, whatever format the dataset stores.
+
+A dataset dict carries `mask_annotations`: one entry per frame, `None` for a frame without
+annotation (not scored, no mask loss), else a dict whose "type" selects a reader below.
+The target is the union of the objects in `dataset_dict["obj_ids"]` (several for MeViS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+
+def _read_palette_png(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
+    path = ann["file"]
+    try:
+        with Image.open(path) as img:
+            ids = np.asarray(img if img.mode in ("P", "L") else img.convert("L"))
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot read annotation mask {path}: {err}") from err
+    return np.isin(ids, np.asarray(obj_ids, dtype=ids.dtype))
+
+
+def _read_rle(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
+    return mask_utils.decode(ann["rle"]).astype(bool)
+
+
+MASK_READERS = {"palette_png": _read_palette_png, "rle": _read_rle}
+
+
+def load_target_mask(dataset_dict: dict[str, Any], frame_idx: int) -> np.ndarray | None:
+    """Returns the H x W bool target mask of frame `frame_idx`, or None if the frame is unannotated."""
+    ann = dataset_dict["mask_annotations"][frame_idx]
+    if ann is None:
+        return None
+    reader = MASK_READERS.get(ann["type"])
+    if reader is None:
+        raise ValueError(
+            f"video {dataset_dict.get('video_id')}: unknown mask annotation type {ann['type']!r}; "
+            f"known: {sorted(MASK_READERS)}"
+        )
+    mask = reader(ann, dataset_dict["obj_ids"])
+    expected = (dataset_dict["height"], dataset_dict["width"])
+    if mask.shape != expected:
+        raise ValueError(
+            f"video {dataset_dict.get('video_id')} frame {frame_idx}: mask {ann.get('file', '')} "
+            f"has size {mask.shape}, the video is {expected}"
+        )
+    return mask
