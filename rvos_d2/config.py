@@ -12,7 +12,7 @@ def _add_input_config(cfg: CN) -> None:
     """Clip sampling and augmentation (rvos_d2.data.mappers / transforms)."""
     cfg.INPUT.FORMAT = "RGB"  # channel order of the `image` tensors given to models
     cfg.INPUT.SAMPLING_FRAME_NUM = 5  # frames per training clip (T)
-    cfg.INPUT.SAMPLING_FRAME_RANGE = 10  # training clip frames lie within +-range of a reference frame
+    cfg.INPUT.SAMPLING_FRAME_RANGE = 10  # clip frames lie within +-range of the reference frame
     cfg.INPUT.COLOR_AUG = True  # photometric distortion (same parameters for every frame of a clip)
     cfg.INPUT.TEST_FRAME_STRIDE = 1  # inference uses every k-th frame
 

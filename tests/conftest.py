@@ -1,6 +1,7 @@
 """Shared pytest options and fixtures: `--runslow`, the `gpu` marker, session-wide data."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import rvos_d2  # noqa: E402,F401  (shims before any detectron2 submodule; registrations)
+
+pytest_plugins = sorted(
+    f"tests.fixtures.{path.stem}"
+    for path in (Path(__file__).parent / "fixtures").glob("*.py")
+    if path.stem != "__init__"
+)
 
 
 def pytest_addoption(parser):

@@ -32,7 +32,7 @@ MASK_READERS = {"palette_png": _read_palette_png, "rle": _read_rle}
 
 
 def load_target_mask(dataset_dict: dict[str, Any], frame_idx: int) -> np.ndarray | None:
-    """Returns the H x W bool target mask of frame `frame_idx`, or None if the frame is unannotated."""
+    """Returns frame `frame_idx`'s H x W bool target mask, or None for an unannotated frame."""
     ann = dataset_dict["mask_annotations"][frame_idx]
     if ann is None:
         return None
