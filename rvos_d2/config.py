@@ -24,6 +24,9 @@ def _add_text_encoder_config(cfg: CN) -> None:
     cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
     cfg.MODEL.TEXT_ENCODER.FREEZE = True  # keep the language model's weights fixed
     cfg.MODEL.TEXT_ENCODER.MAX_TOKENS = 32  # expressions are truncated to this many tokens
+    # sentence feature: "mean" of the valid tokens' states or the first ("cls") token's state
+    cfg.MODEL.TEXT_ENCODER.POOLING = "mean"
+    cfg.MODEL.TEXT_ENCODER.CACHE_SIZE = 1024  # frozen model: expressions whose outputs are cached
 
 
 def _add_transformer_config(cfg: CN) -> None:
@@ -42,6 +45,10 @@ def _add_transformer_config(cfg: CN) -> None:
 
 def _add_backbone_config(cfg: CN) -> None:
     """Backbones beyond detectron2's ResNet (rvos_d2.modeling.backbone)."""
+    cfg.MODEL.TINY_BACKBONE = CN()  # build_tiny_backbone: small conv net for fast CPU runs
+    cfg.MODEL.TINY_BACKBONE.WIDTH = 16  # channels of res2; doubled at every later stage
+    cfg.MODEL.TINY_BACKBONE.NORM = "BN"  # detectron2 norm name ("BN", "GN", "FrozenBN", "")
+    cfg.MODEL.TINY_BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4..32
 
 
 def _add_referformer_config(cfg: CN) -> None:

