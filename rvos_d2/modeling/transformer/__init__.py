@@ -1,1 +1,24 @@
-"""modeling/transformer."""
+"""Deformable transformer shared by ReferFormer and SOC: encoder, decoder, position encoding."""
+
+from rvos_d2.modeling.transformer.decoder import (
+    DeformableTransformerDecoder,
+    DeformableTransformerDecoderLayer,
+)
+from rvos_d2.modeling.transformer.encoder import (
+    DeformableTransformerEncoder,
+    DeformableTransformerEncoderLayer,
+    encoder_reference_points,
+)
+from rvos_d2.modeling.transformer.position_encoding import PositionEmbeddingSine
+from rvos_d2.modeling.transformer.utils import inverse_sigmoid, valid_ratios
+
+__all__ = [
+    "DeformableTransformerDecoder",
+    "DeformableTransformerDecoderLayer",
+    "DeformableTransformerEncoder",
+    "DeformableTransformerEncoderLayer",
+    "PositionEmbeddingSine",
+    "encoder_reference_points",
+    "inverse_sigmoid",
+    "valid_ratios",
+]

@@ -1,0 +1,29 @@
+"""Small helpers shared by the deformable encoder, decoder and the meta-architectures."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(x) with x clamped to [0, 1] and both terms kept above `eps` (finite at 0 and 1)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def valid_ratios(mask: Tensor) -> Tensor:
+    """Fraction of each map that is image, not padding, as N x 2 (width ratio, height ratio).
+
+    `mask` is N x H x W bool with True = padding; padding sits at the bottom / right, as batching
+    pads images. Reference points are scaled by these ratios to stay inside the image.
+    """
+    if mask.dim() != 3 or mask.dtype != torch.bool:
+        raise ValueError(
+            "valid_ratios: mask must be a bool N x H x W tensor, got "
+            f"{mask.dtype} {tuple(mask.shape)}"
+        )
+    _, h, w = mask.shape
+    valid_h = (~mask[:, :, 0]).sum(dim=1)
+    valid_w = (~mask[:, 0, :]).sum(dim=1)
+    return torch.stack([valid_w.float() / w, valid_h.float() / h], dim=-1)
