@@ -17,7 +17,7 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.TEST_FRAME_STRIDE = 1  # inference uses every k-th frame
     cfg.INPUT.TEST_WITH_GT = False  # inference inputs carry GT `instances` when the dataset has masks
     cfg.INPUT.SAMPLING_REFERENCE_TRIES = 3  # annotated frames tried to find a visible-target reference
-    cfg.INPUT.CROP.MAX_TRIES = 10  # crop positions tried to keep the target visible; then no crop
+    cfg.INPUT.CROP.MAX_TRIES = 10  # random crops tried to keep the target; then one placed over it
     cfg.INPUT.PSEUDO_VIDEO = CN()  # image datasets (is_image) -> T copies, each its own random affine
     cfg.INPUT.PSEUDO_VIDEO.ROTATION = 20.0  # max rotation in degrees (uniform in +-ROTATION)
     cfg.INPUT.PSEUDO_VIDEO.SCALE = 0.1  # scale factor uniform in [1 - SCALE, 1 + SCALE]

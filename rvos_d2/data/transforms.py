@@ -108,8 +108,9 @@ class TargetVisibleCrop(T.Augmentation):
     """detectron2's RandomCrop, retried until the clip's target stays visible in the crop.
 
     `sem_seg` is the union of the clip's target masks, so a crop that keeps any of it keeps the
-    target in at least one frame. A clip without a visible target takes the first crop. When no
-    tried position keeps the target (e.g. a tiny target at the border), the clip is not cropped.
+    target in at least one frame. A clip without a visible target takes the first crop. When
+    `max_tries` uniform positions all miss the target (a small target near a border), the last
+    crop size is placed over a random target pixel instead, so the target always stays.
     """
 
     def __init__(self, crop: T.RandomCrop, max_tries: int = 10):
@@ -124,7 +125,12 @@ class TargetVisibleCrop(T.Augmentation):
             crop = self.crop.get_transform(image)
             if not target_visible or crop.apply_segmentation(sem_seg).any():
                 return crop
-        return T.NoOpTransform()
+        ys, xs = np.nonzero(sem_seg)
+        pick = np.random.randint(len(ys))
+        height, width = sem_seg.shape
+        y0 = np.random.randint(max(0, ys[pick] - crop.h + 1), min(ys[pick], height - crop.h) + 1)
+        x0 = np.random.randint(max(0, xs[pick] - crop.w + 1), min(xs[pick], width - crop.w) + 1)
+        return T.CropTransform(int(x0), int(y0), crop.w, crop.h)
 
 
 class AffineTransform(T.Transform):
