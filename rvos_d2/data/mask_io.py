@@ -3,6 +3,7 @@
 A dataset dict carries `mask_annotations`: one entry per frame, `None` for a frame without
 annotation (not scored, no mask loss), else a dict whose "type" selects a reader below.
 The target is the union of the objects in `dataset_dict["obj_ids"]` (several for MeViS).
+Loaders that read no image leave `height` / `width` None; the size check is then skipped.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def load_target_mask(dataset_dict: dict[str, Any], frame_idx: int) -> np.ndarray
             f"known: {sorted(MASK_READERS)}"
         )
     mask = reader(ann, dataset_dict["obj_ids"])
-    expected = (dataset_dict["height"], dataset_dict["width"])
-    if mask.shape != expected:
+    expected = (dataset_dict.get("height"), dataset_dict.get("width"))
+    if None not in expected and mask.shape != expected:
         raise ValueError(
             f"video {dataset_dict.get('video_id')} frame {frame_idx}: mask {ann.get('file', '')} "
             f"has size {mask.shape}, the video is {expected}"
