@@ -1,0 +1,1 @@
+"""Small utilities shared by tools: reading videos, writing masks and overlays."""
