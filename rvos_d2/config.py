@@ -57,10 +57,42 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.TINY_BACKBONE.NORM = "BN"  # detectron2 norm name ("BN", "GN", "FrozenBN", "")
     cfg.MODEL.TINY_BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4..32
 
+    cfg.MODEL.SWIN = CN()  # build_swin_backbone: Swin Transformer on single frames (Swin-T here)
+    cfg.MODEL.SWIN.EMBED_DIM = 96  # width C of res2 (T/S 96, B 128, L 192); doubled per stage
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage (S/B/L: [2, 2, 18, 2])
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage (B 4.., L 6..)
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7  # attention window side in patches (12 for 384 checkpoints)
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0  # MLP hidden width / C
+    cfg.MODEL.SWIN.QKV_BIAS = True  # bias in the query/key/value projection
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.2  # stochastic depth, rising linearly to this rate
+    cfg.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4..32
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
+
+    cfg.MODEL.VIDEO_SWIN = CN()  # build_video_swin_backbone: clips in, per-frame maps out
+    cfg.MODEL.VIDEO_SWIN.EMBED_DIM = 96  # width C of res2 (T/S 96, B 128); doubled per stage
+    cfg.MODEL.VIDEO_SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage (S/B: [2, 2, 18, 2])
+    cfg.MODEL.VIDEO_SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage (B: [4, 8, 16, 32])
+    cfg.MODEL.VIDEO_SWIN.WINDOW_SIZE = [8, 7, 7]  # (frames, height, width), clipped to the clip
+    cfg.MODEL.VIDEO_SWIN.MLP_RATIO = 4.0  # MLP hidden width / C
+    cfg.MODEL.VIDEO_SWIN.QKV_BIAS = True  # bias in the query/key/value projection
+    cfg.MODEL.VIDEO_SWIN.DROP_PATH_RATE = 0.2  # stochastic depth, rising linearly to this rate
+    cfg.MODEL.VIDEO_SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
+    cfg.MODEL.VIDEO_SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4..32
+    cfg.MODEL.VIDEO_SWIN.USE_CHECKPOINT = False  # activation checkpointing per block
+
 
 def _add_referformer_config(cfg: CN) -> None:
     """ReferFormer meta-architecture, heads, matcher and loss weights."""
     cfg.MODEL.REFERFORMER = CN()
+    cfg.MODEL.REFERFORMER.NUM_QUERIES = 5  # conditional queries N per frame
+    cfg.MODEL.REFERFORMER.MASK_DIM = 8  # channels of the stride-4 mask features (CM-FPN output)
+    cfg.MODEL.REFERFORMER.DYNAMIC_CONV_CHANNELS = 8  # channels of the dynamic 1x1 convolutions
+    cfg.MODEL.REFERFORMER.CLASS_WEIGHT = 2.0  # lambda_cls: referred-or-not focal loss and cost
+    cfg.MODEL.REFERFORMER.L1_WEIGHT = 5.0  # lambda_L1: box L1 loss and cost
+    cfg.MODEL.REFERFORMER.GIOU_WEIGHT = 2.0  # lambda_giou: box GIoU loss and cost
+    cfg.MODEL.REFERFORMER.DICE_WEIGHT = 5.0  # lambda_dice: clip-level mask Dice loss and cost
+    cfg.MODEL.REFERFORMER.MASK_WEIGHT = 2.0  # lambda_focal: mask sigmoid focal loss and cost
 
 
 def _add_solver_config(cfg: CN) -> None:

@@ -31,8 +31,9 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def mask_focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sigmoid focal loss averaged over the pixels of each row: `S x P` -> `S`."""
-    return focal_loss(logits.flatten(1), targets.flatten(1)).mean(1)
+    """Sigmoid focal loss averaged over the pixels of each row: `S x P` -> `S` (0 if P = 0)."""
+    logits = logits.flatten(1)
+    return focal_loss(logits, targets.flatten(1)).sum(1) / max(logits.shape[1], 1)
 
 
 def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,8 @@ class SequenceMatcher:
         outputs: pred_logits B x T x N, pred_boxes B x T x N x 4 (cxcywh, normalised),
           pred_masks B x T x N x h x w (logits).
         targets: per clip, valid M x T (bool), boxes M x T x 4 (cxcywh, normalised),
-          masks M x T x h x w (values in [0, 1]); M target sequences (1 for RVOS).
+          masks M x T x h x w (values in [0, 1]); M target sequences (1 for RVOS); optionally
+          annotated T (bool): frames without annotation take no part in any cost.
         """
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(
@@ -67,6 +68,10 @@ class SequenceMatcher:
         target: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """N x M matching cost of one clip (logits T x N, boxes T x N x 4, masks T x N x h x w)."""
+        annotated = target.get("annotated")
+        if annotated is not None:
+            logits, boxes, masks = logits[annotated], boxes[annotated], masks[annotated]
+            target = {k: target[k][:, annotated] for k in ("valid", "boxes", "masks")}
         valid = target["valid"].to(logits.dtype)  # M x T
         frames = valid.sum(1).clamp(min=1)  # M
 
