@@ -1,0 +1,257 @@
+"""Turns one RVOS dataset dict (a video and an expression) into one model input.
+
+Training samples a clip of INPUT.SAMPLING_FRAME_NUM frames around a reference frame and augments
+it with one set of random parameters (rvos_d2.data.transforms); inference gives every
+INPUT.TEST_FRAME_STRIDE-th frame, only resized. Only the frames and masks used are read.
+
+Clip sampling rules:
+- The reference frame is an annotated frame; up to INPUT.SAMPLING_REFERENCE_TRIES random annotated
+  frames are tried to find one where the target is visible (else the first one tried is used).
+- The other frames are drawn without replacement within +-INPUT.SAMPLING_FRAME_RANGE of it; when
+  that window holds too few frames (video ends, small range), the nearest frames outside it fill
+  the clip. A video shorter than the clip gives every frame once plus random repeats (sorted), so
+  a one-frame video becomes T copies of its frame.
+- Image datasets (`is_image: True`) become a pseudo-video: T copies of the image, each with its
+  own random affine (INPUT.PSEUDO_VIDEO), applied identically to the image and its mask.
+
+Per-frame targets (`instances[t]`, one row): gt_masks, gt_boxes (from the augmented mask; zeros
+when empty), gt_classes [0], gt_valid (target visible in the augmented frame) and gt_annotated.
+A frame without annotation (sparse A2D-style labels) gets an empty mask, gt_valid False and
+gt_annotated False: it carries no supervision and losses must skip it, whereas gt_annotated True
+with gt_valid False means the target is known to be absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rvos_d2.data.mask_io import load_target_mask
+from rvos_d2.data.transforms import (
+    RandomAffine,
+    augment_clip,
+    build_clip_augmentations,
+    build_pseudo_video_affine,
+    has_horizontal_flip,
+    make_pseudo_video,
+    swap_left_right,
+)
+
+from detectron2.config import CfgNode, configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Instances
+
+
+def sample_clip_indices(
+    reference: int, length: int, num_frames: int, frame_range: int
+) -> list[int]:
+    """Sorted frame indices of a training clip around `reference` (rules in the module doc)."""
+    if length < num_frames:
+        repeats = np.random.choice(length, num_frames - length, replace=True)
+        return sorted(list(range(length)) + repeats.tolist())
+    low, high = max(0, reference - frame_range), min(length - 1, reference + frame_range)
+    window = [i for i in range(low, high + 1) if i != reference]
+    if len(window) >= num_frames - 1:
+        others = np.random.choice(window, num_frames - 1, replace=False).tolist()
+    else:
+        outside = [i for i in range(length) if i < low or i > high]
+        outside.sort(key=lambda i: abs(i - reference))
+        others = window + outside[: num_frames - 1 - len(window)]
+    return sorted([reference] + others)
+
+
+def _describe(dataset_dict: dict[str, Any]) -> str:
+    return (
+        f"{dataset_dict.get('dataset_name', '<dataset>')} video "
+        f"{dataset_dict.get('video_id')!r} expression {dataset_dict.get('exp_id')!r}"
+    )
+
+
+class _VideoReader:
+    """Reads frames and target masks of one dataset dict on demand, checking that sizes agree."""
+
+    def __init__(self, dataset_dict: dict[str, Any], image_format: str, label: str):
+        self._dict = dataset_dict
+        self._format = image_format
+        self._label = label
+        self._frames: dict[int, np.ndarray] = {}
+        self._masks: dict[int, np.ndarray | None] = {}
+        height, width = dataset_dict.get("height"), dataset_dict.get("width")
+        self.size: tuple[int, int] | None = None
+        self._size_source = "the dataset dict"
+        if height is not None and width is not None:
+            self.size = (int(height), int(width))
+
+    def frame(self, idx: int) -> np.ndarray:
+        if idx not in self._frames:
+            path = self._dict["file_names"][idx]
+            try:
+                image = utils.read_image(path, format=self._format)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{self._label}: frame file {path} does not exist") from err
+            except (OSError, ValueError, SyntaxError) as err:
+                raise OSError(f"{self._label}: cannot read frame {path}: {err}") from err
+            if self.size is None:
+                self.size, self._size_source = image.shape[:2], f"its first read frame {path}"
+            elif image.shape[:2] != self.size:
+                raise ValueError(
+                    f"{self._label}: frame {path} has size {image.shape[:2]} (h, w) but "
+                    f"{self._size_source} says {self.size}; all frames of a video need one size"
+                )
+            self._frames[idx] = image
+        return self._frames[idx]
+
+    def mask(self, idx: int) -> np.ndarray | None:
+        if idx not in self._masks:
+            if self.size is None:
+                self.frame(idx)
+            sized = {**self._dict, "height": self.size[0], "width": self.size[1]}
+            self._masks[idx] = load_target_mask(sized, idx)
+        return self._masks[idx]
+
+
+def _frame_instances(mask: np.ndarray | None, annotated: bool, image_size: tuple) -> Instances:
+    if mask is None:
+        mask = np.zeros(image_size, dtype=bool)
+    instances = Instances(image_size)
+    bitmasks = BitMasks(torch.from_numpy(np.ascontiguousarray(mask))[None])
+    instances.gt_masks = bitmasks
+    instances.gt_boxes = bitmasks.get_bounding_boxes()
+    instances.gt_classes = torch.zeros(1, dtype=torch.int64)
+    instances.gt_valid = torch.tensor([bool(mask.any())])
+    instances.gt_annotated = torch.tensor([annotated])
+    return instances
+
+
+class RVOSDatasetMapper:
+    """Dataset dict -> model input dict (image T x 3 x H x W uint8, expression, instances, ...)."""
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: list[T.Augmentation],
+        image_format: str = "RGB",
+        sampling_frame_num: int = 5,
+        sampling_frame_range: int = 10,
+        sampling_reference_tries: int = 3,
+        pseudo_video_affine: RandomAffine | None = None,
+        test_frame_stride: int = 1,
+        test_with_gt: bool = False,
+    ):
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"RVOSDatasetMapper: image_format must be RGB or BGR, got {image_format}"
+            )
+        if sampling_frame_num < 1 or sampling_frame_range < 0 or sampling_reference_tries < 1:
+            raise ValueError(
+                "RVOSDatasetMapper needs sampling_frame_num >= 1, sampling_frame_range >= 0, "
+                f"sampling_reference_tries >= 1; got {sampling_frame_num}, "
+                f"{sampling_frame_range}, {sampling_reference_tries}"
+            )
+        if test_frame_stride < 1:
+            raise ValueError(
+                f"RVOSDatasetMapper: test_frame_stride must be >= 1, got {test_frame_stride}"
+            )
+        self.is_train = is_train
+        self.augmentations = list(augmentations)
+        self.image_format = image_format
+        self.sampling_frame_num = sampling_frame_num
+        self.sampling_frame_range = sampling_frame_range
+        self.sampling_reference_tries = sampling_reference_tries
+        self.pseudo_video_affine = (
+            RandomAffine() if pseudo_video_affine is None else pseudo_video_affine
+        )
+        self.test_frame_stride = test_frame_stride
+        self.test_with_gt = test_with_gt
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict[str, Any]:
+        return {
+            "is_train": is_train,
+            "augmentations": build_clip_augmentations(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "sampling_frame_num": cfg.INPUT.SAMPLING_FRAME_NUM,
+            "sampling_frame_range": cfg.INPUT.SAMPLING_FRAME_RANGE,
+            "sampling_reference_tries": cfg.INPUT.SAMPLING_REFERENCE_TRIES,
+            "pseudo_video_affine": build_pseudo_video_affine(cfg),
+            "test_frame_stride": cfg.INPUT.TEST_FRAME_STRIDE,
+            "test_with_gt": cfg.INPUT.TEST_WITH_GT,
+        }
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        label = _describe(dataset_dict)
+        expression = dataset_dict.get("expression")
+        if not isinstance(expression, str) or not expression.strip():
+            raise ValueError(f"{label}: empty or missing expression ({expression!r})")
+        if not dataset_dict.get("file_names"):
+            raise ValueError(f"{label}: no frames (file_names is empty)")
+        reader = _VideoReader(dataset_dict, self.image_format, label)
+        if self.is_train:
+            frame_ids, frames, masks, annotated = self._training_clip(dataset_dict, reader, label)
+        else:
+            frame_ids = list(range(0, len(dataset_dict["file_names"]), self.test_frame_stride))
+            frames = [reader.frame(i) for i in frame_ids]
+            with_gt = self.test_with_gt and bool(dataset_dict.get("has_masks"))
+            annotated = [reader.mask(i) is not None for i in frame_ids] if with_gt else None
+            masks = [reader.mask(i) for i in frame_ids] if with_gt else [None] * len(frame_ids)
+        frames, masks, transform = augment_clip(self.augmentations, frames, masks)
+        expression = expression.strip()
+        if has_horizontal_flip(transform):
+            expression = swap_left_right(expression)
+
+        height, width = reader.size
+        output = {
+            "image": torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(),
+            "expression": expression,
+            "frame_ids": frame_ids,
+            "file_names": [dataset_dict["file_names"][i] for i in frame_ids],
+            "height": height,
+            "width": width,
+            "video_id": dataset_dict.get("video_id"),
+            "exp_id": dataset_dict.get("exp_id"),
+            "dataset_name": dataset_dict.get("dataset_name"),
+        }
+        if annotated is not None:
+            image_size = frames[0].shape[:2]
+            output["instances"] = [
+                _frame_instances(m, a, image_size) for m, a in zip(masks, annotated)
+            ]
+        return output
+
+    def _training_clip(
+        self, dataset_dict: dict[str, Any], reader: _VideoReader, label: str
+    ) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None], list[bool]]:
+        """Frame ids, frames, masks (None = unannotated) and annotated flags of one clip."""
+        num_frames = len(dataset_dict["file_names"])
+        annotations = dataset_dict.get("mask_annotations")
+        if not dataset_dict.get("has_masks") or annotations is None:
+            raise ValueError(f"{label}: training needs target masks but the dict has none")
+        if len(annotations) != num_frames:
+            raise ValueError(
+                f"{label}: {len(annotations)} mask_annotations for {num_frames} frames"
+            )
+        annotated_ids = [i for i, ann in enumerate(annotations) if ann is not None]
+        if not annotated_ids:
+            raise ValueError(f"{label}: no annotated frame to train on")
+        clip_len = self.sampling_frame_num
+
+        if dataset_dict.get("is_image"):
+            mask = reader.mask(annotated_ids[0])
+            frames, masks = make_pseudo_video(
+                reader.frame(annotated_ids[0]), mask, clip_len, self.pseudo_video_affine
+            )
+            return [annotated_ids[0]] * clip_len, frames, masks, [True] * clip_len
+
+        candidates = np.random.permutation(annotated_ids)[: self.sampling_reference_tries]
+        reference = next((int(i) for i in candidates if reader.mask(int(i)).any()), None)
+        if reference is None:
+            reference = int(candidates[0])
+        frame_ids = sample_clip_indices(reference, num_frames, clip_len, self.sampling_frame_range)
+        frames = [reader.frame(i) for i in frame_ids]
+        masks = [reader.mask(i) for i in frame_ids]
+        return frame_ids, frames, masks, [annotations[i] is not None for i in frame_ids]
