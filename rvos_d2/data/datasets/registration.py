@@ -21,20 +21,20 @@ def datasets_root() -> Path:
 
 
 def register_lazy(name: str, loader: Callable[[], list[dict]], **metadata: Any) -> None:
-    """Registers `loader` under `name` with its metadata; nothing is read until the dataset is used."""
+    """Registers `loader` and metadata under `name`; nothing is read until the dataset is used."""
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(**metadata)
 
 
 def require_dir(path: Path, what: str, hint: str = "") -> Path:
-    """Returns `path` if it is a folder, else raises FileNotFoundError naming it and `what` it is."""
+    """Returns `path` if it is a folder, else raises FileNotFoundError naming it and `what`."""
     if not path.is_dir():
         raise FileNotFoundError(f"{what} not found: {path} is not a folder{_hint(hint)}")
     return path
 
 
 def require_file(path: Path, what: str, hint: str = "") -> Path:
-    """Returns `path` if it is a file, else raises FileNotFoundError naming it and `what` it is."""
+    """Returns `path` if it is a file, else raises FileNotFoundError naming it and `what`."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}{_hint(hint)}")
     return path
