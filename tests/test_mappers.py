@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from rvos_d2.data.mappers import RVOSDatasetMapper, sample_clip_indices
-from rvos_d2.data.transforms import RandomAffine
+from rvos_d2.data.mask_io import load_target_mask
+from rvos_d2.data.transforms import RandomAffine, swap_left_right
 
 from detectron2.data import transforms as T
 
@@ -323,3 +324,48 @@ def test_bad_mapper_arguments():
         _mapper(sampling_frame_num=0)
     with pytest.raises(ValueError, match="test_frame_stride"):
         _mapper(test_frame_stride=0)
+
+
+# ---------------------------------------------------------------- synthetic dataset
+
+
+def test_synthetic_training_clips(synth_root, rvos_cfg):
+    from detectron2.data import DatasetCatalog
+
+    rvos_cfg.INPUT.MIN_SIZE_TRAIN = (48, 64, 80)
+    rvos_cfg.INPUT.MAX_SIZE_TRAIN = 128
+    rvos_cfg.INPUT.CROP.ENABLED = True
+    rvos_cfg.INPUT.SAMPLING_FRAME_NUM = 3
+    rvos_cfg.INPUT.SAMPLING_FRAME_RANGE = 2
+    mapper = RVOSDatasetMapper(rvos_cfg, is_train=True)
+    np.random.seed(0)
+    swapped = 0
+    for d in DatasetCatalog.get("synth_test_train"):
+        out = mapper(d)
+        _check_instances(out, 3)
+        assert (out["height"], out["width"]) == (d["height"], d["width"])
+        assert max(out["image"].shape[-2:]) <= 128
+        assert any(inst.gt_valid.item() for inst in out["instances"])
+        if out["expression"] != d["expression"]:
+            assert out["expression"] == swap_left_right(d["expression"])
+            swapped += 1
+    assert swapped > 0  # some expression with left/right was flipped
+
+
+def test_synthetic_inference_masks_match_the_annotations(synth_root, rvos_cfg):
+    from detectron2.data import DatasetCatalog
+
+    rvos_cfg.INPUT.MIN_SIZE_TEST = 32
+    rvos_cfg.INPUT.TEST_WITH_GT = True
+    mapper = RVOSDatasetMapper(rvos_cfg, is_train=False)
+    d = DatasetCatalog.get("synth_test_valid")[0]
+    out = mapper(d)
+    assert out["frame_ids"] == list(range(d["length"]))
+    assert out["image"].shape == (d["length"], 3, 32, 32)
+    _check_instances(out, d["length"])
+    for i, inst in zip(out["frame_ids"], out["instances"]):
+        full = load_target_mask(d, i).reshape(32, 2, 32, 2).mean(axis=(1, 3))  # 2x2 block means
+        expected, got = full >= 0.5, inst.gt_masks.tensor[0].numpy()
+        if expected.any():
+            assert (expected & got).sum() / (expected | got).sum() > 0.8
+            assert inst.gt_valid.item()
