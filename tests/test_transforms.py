@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-from detectron2.data import transforms as T
 
 from rvos_d2.data.transforms import (
     PhotometricDistortion,
@@ -17,6 +16,8 @@ from rvos_d2.data.transforms import (
     make_pseudo_video,
     swap_left_right,
 )
+
+from detectron2.data import transforms as T
 
 
 def _textured_frame(h=40, w=56, seed=0):

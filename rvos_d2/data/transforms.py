@@ -15,6 +15,7 @@ from functools import partial
 
 import cv2
 import numpy as np
+
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
