@@ -8,6 +8,8 @@ Loaders that read no image leave `height` / `width` None; the size check is then
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,48 @@ def _read_rle(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     return mask_utils.decode(ann["rle"]).astype(bool)
 
 
-MASK_READERS = {"palette_png": _read_palette_png, "rle": _read_rle}
+@functools.lru_cache(maxsize=4)
+def _mevis_mask_dict(path: str) -> dict[str, list]:
+    """MeViS mask_dict.json (anno_id -> per-frame RLE or null), read once per process."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as err:
+        raise OSError(f"cannot read MeViS mask file {path}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"MeViS mask file {path} is not valid json: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"MeViS mask file {path}: expected an object anno_id -> list of RLEs")
+    return data
+
+
+def _read_mevis_rle(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
+    """Union over the expression's anno_ids of their RLE at frame `ann["frame"]` (null = absent).
+
+    The frame size comes from any RLE of those annotations when all are null in this frame.
+    """
+    path, frame = ann["file"], ann["frame"]
+    tracks = []
+    for anno_id in ann["anno_ids"]:
+        track = _mevis_mask_dict(path).get(str(anno_id))
+        if not isinstance(track, list) or frame >= len(track):
+            raise ValueError(
+                f"MeViS mask file {path}: annotation {anno_id!r} is missing or has no frame {frame}"
+            )
+        tracks.append(track)
+    present = [mask_utils.decode(track[frame]) for track in tracks if track[frame]]
+    if present:
+        return np.any(np.stack(present), axis=0)
+    size = next((rle["size"] for track in tracks for rle in track if rle), None)
+    if size is None:
+        raise ValueError(
+            f"MeViS mask file {path}: annotations {ann['anno_ids']} are empty in every frame, "
+            "so the frame size is unknown"
+        )
+    return np.zeros(size, dtype=bool)
+
+
+MASK_READERS = {"palette_png": _read_palette_png, "rle": _read_rle, "mevis_rle": _read_mevis_rle}
 
 
 def load_target_mask(dataset_dict: dict[str, Any], frame_idx: int) -> np.ndarray | None:

@@ -8,9 +8,11 @@ Layout (under `$DETECTRON2_DATASETS/ref-youtube-vos`):
     train/meta.json  {"videos": {vid: {"objects": {obj_id: {"category": str, "frames": [...]}}}}}
     valid/JPEGImages/<vid>/<frame>.jpg
 
-Registration reads nothing; loading reads the json files only (never an image), so `height` and
-`width` are None in the dicts: the dataset mapper fills them from the first frame it decodes.
-The synthetic dataset is written in this layout and read by this loader too.
+Registration reads nothing; loading reads the json files only (never an image). The frame size
+is not in the official files, so `height` and `width` are None unless the meta.json entry of
+the video carries "height" / "width" (the synthetic and converted datasets write them); the
+dataset mapper fills None from the first frame it decodes. The synthetic dataset is written in
+this layout and read by this loader too.
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from rvos_d2.data.datasets.registration import clean_expression, datasets_root, require_dir
+
 HOLDOUT_MODULUS = 20  # a train video is held out when md5(video id) % 20 == 0 (about 5%)
-
-
-def datasets_root() -> str:
-    """Folder holding every dataset: $DETECTRON2_DATASETS, default "datasets"."""
-    return os.environ.get("DETECTRON2_DATASETS", "datasets")
 
 
 def in_holdout(video_id: str) -> bool:
@@ -66,38 +66,37 @@ def video_frames(entry: Any, path: str, video_id: str) -> list[str]:
     return sorted(frames)
 
 
-def video_expressions(entry: dict[str, Any], path: str, video_id: str) -> dict[str, dict]:
-    """The expressions of a video entry, each checked to carry a non-empty "exp" text."""
+def video_expressions(entry: dict[str, Any], path: str, video_id: str) -> dict[str, str]:
+    """exp_id -> cleaned text of a video entry; a missing or empty text raises ValueError."""
     expressions = entry.get("expressions")
     if not isinstance(expressions, dict):
         raise ValueError(f"{path}: video {video_id!r} has no 'expressions' mapping")
+    texts = {}
     for exp_id, exp in expressions.items():
         text = exp.get("exp") if isinstance(exp, dict) else None
         if not isinstance(text, str):
             raise ValueError(f"{path}: video {video_id!r} expression {exp_id!r} has no 'exp' text")
-        if not text.strip():
-            raise ValueError(f"{path}: video {video_id!r} expression {exp_id!r} is empty")
-    return expressions
-
-
-def clean_expression(text: str) -> str:
-    """Collapses runs of whitespace; case and punctuation are left to the text encoder."""
-    return " ".join(text.split())
+        texts[str(exp_id)] = clean_expression(
+            text, f"{path}: video {video_id!r} expression {exp_id!r}"
+        )
+    return texts
 
 
 def check_root(root: str, dataset_name: str) -> None:
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"dataset {dataset_name}: root folder {root} does not exist (datasets are looked up "
-            f"under $DETECTRON2_DATASETS, now {datasets_root()!r}; see projects/RVOS/DATASETS.md)"
-        )
+    """Raises FileNotFoundError naming the dataset and $DETECTRON2_DATASETS if root is missing."""
+    require_dir(
+        Path(root),
+        f"dataset {dataset_name} root",
+        f"datasets are looked up under $DETECTRON2_DATASETS, now {str(datasets_root())!r}; "
+        "see projects/RVOS/DATASETS.md",
+    )
 
 
-def _object_ids(meta_path: str, objects_by_video: dict[str, Any], video_id: str) -> set[str]:
+def _video_meta(meta_path: str, objects_by_video: dict[str, Any], video_id: str) -> dict:
     video = objects_by_video.get(video_id)
     if not isinstance(video, dict) or not isinstance(video.get("objects"), dict):
         raise ValueError(f"{meta_path}: video {video_id!r} is missing or has no 'objects' mapping")
-    return set(video["objects"])
+    return video
 
 
 def load_ref_ytvos(
@@ -138,36 +137,47 @@ def load_ref_ytvos(
         entry = videos[video_id]
         frames = video_frames(entry, exp_path, video_id)
         expressions = video_expressions(entry, exp_path, video_id)
-        known_ids = _object_ids(meta_path, objects_by_video, video_id) if has_masks else set()
-        for exp_id, exp in expressions.items():
+        video_meta = _video_meta(meta_path, objects_by_video, video_id) if has_masks else {}
+        height, width = video_meta.get("height"), video_meta.get("width")
+        file_names = [f"{image_dir}/{video_id}/{f}.jpg" for f in frames]
+        mask_files = [f"{ann_dir}/{video_id}/{f}.png" for f in frames] if has_masks else []
+        for exp_id, text in expressions.items():
             record = {
                 "dataset_name": dataset_name,
                 "video_id": video_id,
-                "exp_id": str(exp_id),
-                "expression": clean_expression(exp["exp"]),
-                "file_names": [f"{image_dir}/{video_id}/{f}.jpg" for f in frames],
+                "exp_id": exp_id,
+                "expression": text,
+                "file_names": list(file_names),
                 "frame_names": list(frames),
-                "height": None,
-                "width": None,
+                "height": height,
+                "width": width,
                 "length": len(frames),
                 "has_masks": has_masks,
                 "obj_ids": [],
             }
             if has_masks:
-                obj_id = str(exp.get("obj_id", ""))
-                if obj_id not in known_ids:
+                obj_id = entry["expressions"][exp_id].get("obj_id")
+                if str(obj_id) not in video_meta["objects"]:
                     raise ValueError(
                         f"{exp_path}: video {video_id!r} expression {exp_id!r} refers to object "
-                        f"{exp.get('obj_id')!r}, which {meta_path} does not list for that video "
-                        f"(known: {sorted(known_ids)})"
+                        f"{obj_id!r}, which {meta_path} does not list for that video "
+                        f"(known: {sorted(video_meta['objects'])})"
                     )
                 record["obj_ids"] = [int(obj_id)]
                 record["mask_annotations"] = [
-                    {"type": "palette_png", "file": f"{ann_dir}/{video_id}/{f}.png"}
-                    for f in frames
+                    {"type": "palette_png", "file": path} for path in mask_files
                 ]
             dicts.append(record)
     return dicts
+
+
+def register_replacing(name: str, loader: Callable[[], list[dict]], **metadata: Any) -> None:
+    """Registers a loader and its metadata, first dropping an earlier registration of `name`."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
 
 
 def register_ref_ytvos_split(
@@ -180,15 +190,13 @@ def register_ref_ytvos_split(
     exclude_split: str | None = None,
 ) -> None:
     """Registers one lazily loaded split (replacing an earlier registration of `name`)."""
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(
+    register_replacing(
         name,
         lambda: load_ref_ytvos(root, split, name, has_masks, video_filter, exclude_split),
-    )
-    MetadataCatalog.get(name).set(
-        evaluator_type=evaluator_type, dataset_root=root, split=split, has_masks=has_masks
+        evaluator_type=evaluator_type,
+        dataset_root=root,
+        split=split,
+        has_masks=has_masks,
     )
 
 
@@ -204,4 +212,4 @@ def register_all_ref_ytvos(root: str) -> None:
     )
 
 
-register_all_ref_ytvos(os.path.join(datasets_root(), "ref-youtube-vos"))
+register_all_ref_ytvos(str(datasets_root() / "ref-youtube-vos"))

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from rvos_d2.data.datasets.ref_ytvos import register_ref_ytvos_split
+from rvos_d2.data.datasets.registration import datasets_root
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon")
 COLOURS = {
@@ -128,8 +129,20 @@ def _shape_polygon(shape: str, r: float) -> np.ndarray | None:
     if shape == "cross":
         a, b = r, 0.33 * r
         return np.array(
-            [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b),
-             (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
+            [
+                (-b, -a),
+                (b, -a),
+                (b, -b),
+                (a, -b),
+                (a, b),
+                (b, b),
+                (b, a),
+                (-b, a),
+                (-b, b),
+                (-a, b),
+                (-a, -b),
+                (-b, -b),
+            ]
         )
     angles = {
         "hexagon": np.arange(6) * np.pi / 3,
@@ -273,9 +286,7 @@ def _sample_layout(
             _sample_object(rng, len(objects) + 1, appearance, motion, num_frames, height, width)
         )
     depths = rng.permutation(len(objects))
-    return [
-        SynthObject(**{**o.__dict__, "depth": int(d)}) for o, d in zip(objects, depths)
-    ]
+    return [SynthObject(**{**o.__dict__, "depth": int(d)}) for o, d in zip(objects, depths)]
 
 
 # ---------------------------------------------------------------- expressions
@@ -291,9 +302,7 @@ def _visible_fraction(objects: Sequence[SynthObject], id_maps: np.ndarray) -> np
     return counts / np.maximum(np.asarray(full, np.float64)[:, None], 1.0)
 
 
-def resolve(
-    spec: ExpressionSpec, objects: Sequence[SynthObject], visible: np.ndarray
-) -> set[int]:
+def resolve(spec: ExpressionSpec, objects: Sequence[SynthObject], visible: np.ndarray) -> set[int]:
     """Ids of every object `spec` can refer to in the video (visible: objects x T bool).
 
     A relative expression refers, in each frame, to the extreme visible member of its group (and
@@ -462,8 +471,9 @@ def generate_split(
     if split not in SPLITS:
         raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
     if num_frames < 2 or min(height, width) < 32:
-        raise ValueError(f"need at least 2 frames of at least 32x32, got {num_frames} frames "
-                         f"of {height}x{width}")
+        raise ValueError(
+            f"need at least 2 frames of at least 32x32, got {num_frames} frames of {height}x{width}"
+        )
     root = Path(root)
     split_dir = root / split
     meta_videos: dict = {}
@@ -480,6 +490,8 @@ def generate_split(
             for o in video.objects
         }
         meta_videos[video_id] = {
+            "height": height,
+            "width": width,
             "objects": {
                 str(o.obj_id): {
                     "category": o.shape,
@@ -489,7 +501,7 @@ def generate_split(
                     "motion": o.motion,
                 }
                 for o in video.objects
-            }
+            },
         }
         exp_videos[video_id] = {
             "expressions": {
@@ -541,18 +553,4 @@ def register_synthetic(root: str | os.PathLike, prefix: str = "rvos_synth") -> l
     return names
 
 
-def _default_root() -> str:
-    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "rvos_synth")
-
-
-register_synthetic(_default_root())
-
-__all__ = [
-    "SynthObject",
-    "ExpressionSpec",
-    "generate_dataset",
-    "generate_split",
-    "register_synthetic",
-    "resolve",
-    "sample_video",
-]
+register_synthetic(str(datasets_root() / "rvos_synth"))
