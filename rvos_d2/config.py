@@ -12,13 +12,14 @@ def _add_input_config(cfg: CN) -> None:
     """Clip sampling and augmentation (rvos_d2.data.mappers / transforms)."""
     cfg.INPUT.FORMAT = "RGB"  # channel order of the `image` tensors given to models
     cfg.INPUT.SAMPLING_FRAME_NUM = 5  # frames per training clip (T)
-    cfg.INPUT.SAMPLING_FRAME_RANGE = 10  # clip frames lie within +-range of the reference frame
+    # clip frames lie within +-range of the reference frame (nearest frames beyond when too few)
+    cfg.INPUT.SAMPLING_FRAME_RANGE = 10
     cfg.INPUT.COLOR_AUG = True  # photometric distortion (same parameters for every frame of a clip)
     cfg.INPUT.TEST_FRAME_STRIDE = 1  # inference uses every k-th frame
-    cfg.INPUT.TEST_WITH_GT = False  # inference inputs carry GT `instances` when the dataset has masks
-    cfg.INPUT.SAMPLING_REFERENCE_TRIES = 3  # annotated frames tried to find a visible-target reference
+    cfg.INPUT.TEST_WITH_GT = False  # inference inputs carry GT `instances` if the dataset has masks
+    cfg.INPUT.SAMPLING_REFERENCE_TRIES = 3  # annotated frames tried for a visible-target reference
     cfg.INPUT.CROP.MAX_TRIES = 10  # random crops tried to keep the target; then one placed over it
-    cfg.INPUT.PSEUDO_VIDEO = CN()  # image datasets (is_image) -> T copies, each its own random affine
+    cfg.INPUT.PSEUDO_VIDEO = CN()  # image dicts (is_image) -> T copies, each its own random affine
     cfg.INPUT.PSEUDO_VIDEO.ROTATION = 20.0  # max rotation in degrees (uniform in +-ROTATION)
     cfg.INPUT.PSEUDO_VIDEO.SCALE = 0.1  # scale factor uniform in [1 - SCALE, 1 + SCALE]
     cfg.INPUT.PSEUDO_VIDEO.TRANSLATION = 0.1  # shift uniform in +-TRANSLATION x image width/height
