@@ -317,6 +317,13 @@ def test_training_needs_masks_and_an_annotated_frame(tmp_path):
         _mapper()(d)
 
 
+def test_annotation_count_must_match_the_frames(tmp_path):
+    d = make_video(tmp_path / "vid", length=3)
+    d["mask_annotations"] = d["mask_annotations"][:2]
+    with pytest.raises(ValueError, match=r"video 'vid'.*2 mask_annotations for 3 frames"):
+        _mapper(is_train=False, test_with_gt=True)(d)
+
+
 def test_bad_mapper_arguments():
     with pytest.raises(ValueError, match="image_format"):
         _mapper(image_format="L")

@@ -190,6 +190,12 @@ class RVOSDatasetMapper:
             raise ValueError(f"{label}: empty or missing expression ({expression!r})")
         if not dataset_dict.get("file_names"):
             raise ValueError(f"{label}: no frames (file_names is empty)")
+        annotations = dataset_dict.get("mask_annotations")
+        if annotations is not None and len(annotations) != len(dataset_dict["file_names"]):
+            raise ValueError(
+                f"{label}: {len(annotations)} mask_annotations for "
+                f"{len(dataset_dict['file_names'])} frames"
+            )
         reader = _VideoReader(dataset_dict, self.image_format, label)
         if self.is_train:
             frame_ids, frames, masks, annotated = self._training_clip(dataset_dict, reader, label)
@@ -231,10 +237,6 @@ class RVOSDatasetMapper:
         annotations = dataset_dict.get("mask_annotations")
         if not dataset_dict.get("has_masks") or annotations is None:
             raise ValueError(f"{label}: training needs target masks but the dict has none")
-        if len(annotations) != num_frames:
-            raise ValueError(
-                f"{label}: {len(annotations)} mask_annotations for {num_frames} frames"
-            )
         annotated_ids = [i for i, ann in enumerate(annotations) if ann is not None]
         if not annotated_ids:
             raise ValueError(f"{label}: no annotated frame to train on")
