@@ -130,7 +130,8 @@ def test_conversion_errors_name_the_problem(tmp_path):
     root = _broken_release(tmp_path)
     with open(root / "davis_text_annotations" / "Davis17_annot1.txt", "a") as f:
         f.write('bear 5 "a ghost"\n')
-    with pytest.raises(ValueError, match=r"video bear expression 'a ghost' refers to object 5"):
+    message = r"Davis17_annot1.txt: video bear expression 'a ghost' refers to object 5"
+    with pytest.raises(ValueError, match=message):
         _convert(["--davis-root", str(root), "--output", str(tmp_path / "a")])
 
     root = _broken_release(tmp_path / "2")

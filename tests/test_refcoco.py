@@ -156,6 +156,11 @@ def _edit_instances(key: str, change):
             r"cannot read refs file .*refs\(unc\)\.p",
         ),
         (
+            lambda d: (d.parent / "train2014" / "COCO_train2014_000000000001.jpg").unlink(),
+            FileNotFoundError,
+            r"COCO image of .*ref 1 not found: .*COCO_train2014_000000000001\.jpg",
+        ),
+        (
             lambda d: (d / "instances.json").unlink(),
             FileNotFoundError,
             r"refcoco instances not found: .*instances\.json",

@@ -171,7 +171,8 @@ def convert_davis_to_ytvos(
             for obj_id, annotator, kind, text in sorted(expressions.get(video, [])):
                 if obj_id not in info["objects"]:
                     raise ValueError(
-                        f"{text_dir}: video {video} expression {text!r} refers to object "
+                        f"{text_dir / EXPRESSION_FILES[annotator, kind]}: video {video} "
+                        f"expression {text!r} refers to object "
                         f"{obj_id}, absent from {ann_dir} (objects: {sorted(info['objects'])})"
                     )
                 exp_id = f"{obj_id}_a{annotator}_{_TYPE_TAGS[kind]}"

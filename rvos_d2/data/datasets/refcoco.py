@@ -119,6 +119,7 @@ def load_refcoco(
     images, anns = _index_instances(instances_path)
 
     rles: dict[int, dict] = {}
+    checked: set[int] = set()
     dicts = []
     for ref in load_refs(refs_path):
         try:
@@ -135,6 +136,10 @@ def load_refcoco(
             raise ValueError(f"{where}: annotation {ann_id} is not in {instances_path}")
         image = images[image_id]
         height, width = int(image["height"]), int(image["width"])
+        image_path = image_dir / image["file_name"]
+        if image_id not in checked:
+            require_file(image_path, f"COCO image of {where}")
+            checked.add(image_id)
         if ann_id not in rles:
             rles[ann_id] = annotation_rle(anns[ann_id], height, width, str(instances_path))
         if not sentences:
@@ -148,7 +153,7 @@ def load_refcoco(
                     "video_id": str(image_id),
                     "exp_id": str(sent_id),
                     "expression": expression,
-                    "file_names": [str(image_dir / image["file_name"])],
+                    "file_names": [str(image_path)],
                     "frame_names": [Path(image["file_name"]).stem],
                     "height": height,
                     "width": width,
