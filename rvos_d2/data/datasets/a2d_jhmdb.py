@@ -273,8 +273,8 @@ def load_a2d_sentences(root: Path, split: str, dataset_name: str) -> list[dict[s
         for instance, query, line in sentences[video]:
             if not any(instance in ids for _, ids in annotated.values()):
                 raise ValueError(
-                    f"a2d_annotation.txt:{line}: video {video} has no instance {instance} "
-                    f"in any annotation of {ann_dir}"
+                    f"{text / 'a2d_annotation.txt'}:{line}: video {video} has no instance "
+                    f"{instance} in any annotation of {ann_dir}"
                 )
             masks: list[dict | None] = [None] * len(frames)
             for number, (path, ids) in annotated.items():
