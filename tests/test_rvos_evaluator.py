@@ -183,7 +183,9 @@ def test_build_evaluator_dispatches_on_evaluator_type(eval_root, rvos_cfg, tmp_p
     assert isinstance(build_evaluator(rvos_cfg, EVAL_A2D, str(tmp_path)), A2DEvaluator)
     writer = build_evaluator(rvos_cfg, EVAL_SUBMISSION)
     assert isinstance(writer, RVOSSubmissionWriter)
-    assert writer._output_dir == str(tmp_path / "inference" / EVAL_SUBMISSION)
+    writer.process(*[[x] for x in model_io(DatasetCatalog.get(EVAL_SUBMISSION)[0])])
+    writer.evaluate()  # the default output folder is <OUTPUT_DIR>/inference/<dataset>
+    assert (tmp_path / "inference" / EVAL_SUBMISSION / "submission.zip").is_file()
     name = "eval_tiny_unknown_type"
     DatasetCatalog.register(name, list)
     MetadataCatalog.get(name).set(evaluator_type="coco")
