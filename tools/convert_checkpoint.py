@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Converts pretrained backbone checkpoints into detectron2 files that MODEL.WEIGHTS accepts.
+
+Supported inputs (detected from the keys, or forced with --format):
+  resnet      torchvision / timm ResNet state dicts (conv1, bn1, layer1..4, fc)
+              -> detectron2's ResNet (stem, res2..res5). Use MODEL.RESNETS.STRIDE_IN_1X1 False and
+              RGB MODEL.PIXEL_MEAN/STD in 0-255 units ([123.675, 116.28, 103.53] /
+              [58.395, 57.12, 57.375]). For ResNet-18/34 also set RES2_OUT_CHANNELS 64.
+  swin        official Swin ("model": ...), timm Swin (downsampling at the start of stages 1..3)
+              or Swin detection backbones ("state_dict": backbone.*, norm0..3)
+              -> rvos_d2 D2SwinTransformer (MODEL.SWIN; WINDOW_SIZE must match the checkpoint).
+  video_swin  Video Swin Kinetics checkpoints ("state_dict": backbone.*, cls_head.*)
+              -> rvos_d2 VideoSwinTransformer (MODEL.VIDEO_SWIN, WINDOW_SIZE must match).
+              The 3D patch embedding of temporal size t (2 in the Kinetics models) is summed over
+              time to temporal size 1, as ReferFormer/MTTR do: a clip of t identical frames then
+              gives the same embedding as the original kernel.
+
+Dropped on purpose: classifier heads (fc, head, cls_head), BatchNorm num_batches_tracked and the
+Swin buffers relative_position_index / attn_mask (rvos_d2 recomputes them). The classifiers'
+final LayerNorm `norm` becomes `norm3` (the res5 output norm); norm0..norm2 of the other returned
+stages do not exist in classification checkpoints and keep their initialisation.
+
+Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth [--format auto|resnet|swin|video_swin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+FORMATS = ("resnet", "swin", "video_swin")
+WRAPPER_KEYS = ("state_dict", "model", "module")  # where training frameworks nest the weights
+SWIN_BUFFERS = ("relative_position_index", "attn_mask")
+
+
+class CheckpointFormatError(ValueError):
+    """The file is not a checkpoint in one of the supported formats."""
+
+
+def load_state_dict(path: str) -> dict[str, Tensor]:
+    """Reads a checkpoint without running code from it and returns its flat weight dict."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointFormatError(
+            f"{path}: torch.load(weights_only=True) refused the file, which stores Python objects "
+            f"beyond tensors and containers ({e}). Re-save only its state dict and convert that."
+        ) from e
+    while isinstance(data, dict):
+        wrapper = next((k for k in WRAPPER_KEYS if isinstance(data.get(k), dict)), None)
+        if wrapper is None:
+            break
+        data = data[wrapper]
+    if not isinstance(data, dict) or not data:
+        raise CheckpointFormatError(f"{path}: expected a (possibly nested) state dict")
+    weights = {k: v for k, v in data.items() if isinstance(v, Tensor)}
+    if not weights:
+        raise CheckpointFormatError(f"{path}: no tensors found; keys: {sorted(data)[:10]}")
+    weights = _strip_prefix(weights, "module.")
+    if any(k.startswith("backbone.") for k in weights):  # detection / video models: keep backbone
+        weights = {
+            k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")
+        }
+    return weights
+
+
+def _strip_prefix(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    if all(k.startswith(prefix) for k in weights):
+        return {k[len(prefix) :]: v for k, v in weights.items()}
+    return weights
+
+
+def detect_format(weights: dict[str, Tensor]) -> str:
+    """Names the format of a backbone state dict (see the module docstring)."""
+    if "stem.conv1.weight" in weights or "res2.0.conv1.weight" in weights:
+        raise CheckpointFormatError("already a detectron2 ResNet checkpoint: nothing to convert")
+    if "conv1.weight" in weights and "layer1.0.conv1.weight" in weights:
+        return "resnet"
+    if "conv1.0.weight" in weights and "layer1.0.conv1.weight" in weights:
+        raise CheckpointFormatError(
+            "ResNet with a deep (3-conv) stem, e.g. timm resnet*d: detectron2's ResNet has a "
+            "single 7x7 stem conv; use a plain ResNet checkpoint"
+        )
+    embed = weights.get("patch_embed.proj.weight")
+    if embed is not None and embed.dim() == 4:
+        return "swin"
+    if embed is not None and embed.dim() == 5:
+        return "video_swin"
+    raise CheckpointFormatError(
+        f"unknown checkpoint format (expected one of {FORMATS}); first keys: {sorted(weights)[:8]}"
+    )
+
+
+def convert_resnet(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision/timm ResNet names -> detectron2 ResNet names."""
+    out = {}
+    for key, value in weights.items():
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            continue
+        new = key
+        if not new.startswith("layer"):
+            new = "stem." + new  # conv1 / bn1 of the stem
+        new = re.sub(r"^layer(\d)", lambda m: f"res{int(m.group(1)) + 1}", new)
+        new = re.sub(r"\bbn(\d)\.", r"conv\1.norm.", new)
+        new = new.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+        if not re.fullmatch(
+            r"(stem\.conv1|res[2-5]\.\d+\.(conv[1-3]|shortcut))(\.norm)?\."
+            r"(weight|bias|running_mean|running_var)",
+            new,
+        ):
+            raise CheckpointFormatError(f"ResNet checkpoint: unexpected key {key!r}")
+        out[new] = value
+    return out
+
+
+def _convert_swin_common(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drops heads and recomputed buffers, renames the classifier's final norm to norm3."""
+    if "absolute_pos_embed" in weights:
+        raise CheckpointFormatError(
+            "Swin checkpoint with absolute position embedding (ape): not supported"
+        )
+    out = {}
+    for key, value in weights.items():
+        if key.startswith(("head.", "cls_head.")) or key.endswith(SWIN_BUFFERS):
+            continue
+        if key.startswith("norm."):
+            key = "norm3." + key[len("norm.") :]
+        out[key] = value
+    return out
+
+
+def convert_swin(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official / timm / detection Swin names -> D2SwinTransformer names."""
+    timm_layout = "layers.0.downsample.reduction.weight" not in weights and any(
+        k.startswith("layers.1.downsample.") for k in weights
+    )
+    out = {}
+    for key, value in _convert_swin_common(weights).items():
+        match = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
+        if timm_layout and match:  # timm merges patches at the start of the next stage
+            key = f"layers.{int(match.group(1)) - 1}.downsample.{match.group(2)}"
+        out[key] = value
+    return out
+
+
+def convert_video_swin(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Video Swin names -> VideoSwinTransformer names; temporal patch size summed down to 1."""
+    out = _convert_swin_common(weights)
+    embed = out["patch_embed.proj.weight"]  # C x 3 x t x 4 x 4
+    out["patch_embed.proj.weight"] = embed.sum(dim=2, keepdim=True)
+    return out
+
+
+CONVERTERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+    "resnet": convert_resnet,
+    "swin": convert_swin,
+    "video_swin": convert_video_swin,
+}
+
+
+def convert(weights: dict[str, Tensor], fmt: str = "auto") -> tuple[dict[str, object], str]:
+    """Returns (detectron2 checkpoint dict, detected format) for a backbone state dict."""
+    if fmt == "auto":
+        fmt = detect_format(weights)
+    elif fmt not in CONVERTERS:
+        raise CheckpointFormatError(f"--format {fmt!r}: expected auto or one of {FORMATS}")
+    model = {"backbone." + k: v.contiguous() for k, v in CONVERTERS[fmt](weights).items()}
+    checkpoint = {
+        "model": model,
+        "__author__": f"rvos_d2 tools/convert_checkpoint.py ({fmt})",
+        # lets DetectionCheckpointer match the keys by suffix, wherever the backbone sits
+        "matching_heuristics": True,
+    }
+    return checkpoint, fmt
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("input", help="pretrained checkpoint (.pth / .pt / .bin)")
+    parser.add_argument("output", help="detectron2 checkpoint to write (.pth)")
+    parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
+    args = parser.parse_args(argv)
+    if not args.output.endswith(".pth"):
+        parser.error(f"output {args.output!r}: use a .pth name (detectron2 reads .pkl differently)")
+    try:
+        checkpoint, fmt = convert(load_state_dict(args.input), args.format)
+    except CheckpointFormatError as e:
+        sys.exit(f"{args.input}: {e}")
+    torch.save(checkpoint, args.output)
+    print(f"{args.input} ({fmt}) -> {args.output}: {len(checkpoint['model'])} tensors")
+
+
+if __name__ == "__main__":
+    main()
