@@ -12,8 +12,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from detectron2.config import CfgNode, configurable
 from torch import Tensor, nn
+
+from detectron2.config import CfgNode, configurable
 
 __all__ = ["TextEncoder", "TextFeatures", "build_text_encoder", "resolve_model_path"]
 
