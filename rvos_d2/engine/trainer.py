@@ -88,6 +88,25 @@ class RVOSTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def state_dict(self) -> dict:
+        # Adds the optimizer (and AMP grad scaler) state under "_trainer", as detectron2 after
+        # v0.6 does; the v0.6 DefaultTrainer saves only the iteration and hook states.
+        state = TrainerBase.state_dict(self)
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        TrainerBase.load_state_dict(self, state_dict)
+        inner = state_dict.get("_trainer")
+        if inner is None:
+            logging.getLogger(__name__).warning(
+                "the checkpoint holds no optimizer state; the optimizer starts afresh"
+            )
+        elif isinstance(self._trainer, AMPTrainer) and "grad_scaler" not in inner:
+            SimpleTrainer.load_state_dict(self._trainer, inner)  # saved by an fp32 run
+        else:
+            self._trainer.load_state_dict(inner)
+
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         check_meta_architecture(cfg)
