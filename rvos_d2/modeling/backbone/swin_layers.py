@@ -106,13 +106,15 @@ def _region_slices(n: int, window: int, shift: int) -> tuple[slice, ...]:
 
 
 @lru_cache(maxsize=64)
-def attention_mask(
+def window_labels(
     padded: Size3, size: Size3, window: Size3, shift: Size3, device: torch.device
-) -> Tensor | None:
-    """num_windows x N x N additive mask for a (padded, rolled) map, or None if nothing to mask.
+) -> tuple[Tensor, Tensor] | None:
+    """Per window token: the shift region (num_windows x N, long) and whether it is a real
+    token rather than padding (num_windows x N, bool); None if nothing needs masking.
 
     After the cyclic shift, a window may gather tokens from regions that are not neighbours in
-    the image; they are kept apart. Tokens of the padding never serve as keys.
+    the image; they must be kept apart. Tokens of the padding never serve as keys. Only these
+    compact labels are cached; the N x N masks are built per call (they can be large).
     """
     if not any(shift) and padded == size:
         return None
@@ -126,24 +128,29 @@ def attention_mask(
     valid = torch.zeros(padded, dtype=torch.bool)
     valid[: size[0], : size[1], : size[2]] = True
     valid = torch.roll(valid, shifts=[-s for s in shift], dims=(0, 1, 2))
-    region = window_partition(region[None, ..., None], window).squeeze(-1)  # nW x N
+    region = window_partition(region[None, ..., None], window).squeeze(-1)
     valid = window_partition(valid[None, ..., None], window).squeeze(-1)
+    return region.to(device), valid.to(device)
+
+
+def attention_mask(labels: tuple[Tensor, Tensor], dtype: torch.dtype) -> Tensor:
+    """num_windows x N x N additive mask from `window_labels`."""
+    region, valid = labels
     blocked = (region[:, :, None] != region[:, None, :]) | ~valid[:, None, :]
-    return torch.zeros(blocked.shape).masked_fill_(blocked, MASKED).to(device)
+    return torch.zeros(blocked.shape, dtype=dtype, device=region.device).masked_fill_(
+        blocked, MASKED
+    )
 
 
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias."""
 
-    def __init__(
-        self, dim: int, window: Size3, num_heads: int, qkv_bias: bool, attn_drop: float = 0.0
-    ) -> None:
+    def __init__(self, dim: int, window: Size3, num_heads: int, qkv_bias: bool) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Swin: width {dim} is not divisible by {num_heads} heads")
         self.window = window
         self.num_heads = num_heads
-        self.attn_drop = attn_drop
         table_size = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(table_size, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -157,21 +164,22 @@ class WindowAttention(nn.Module):
         n = index.shape[0]
         return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, x: Tensor, window: Size3, mask: Tensor | None) -> Tensor:
-        """x: (B * num_windows) x N x C; mask: num_windows x N x N or None."""
+    def forward(
+        self, x: Tensor, window: Size3, labels: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """x: (B * num_windows) x N x C; labels: `window_labels` of the map, or None."""
         bw, n, c = x.shape
         heads = self.num_heads
         q, k, v = self.qkv(x).view(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.relative_position_bias(window)
-        if mask is not None:  # group windows so the mask broadcasts over the batch
+        bias = self.relative_position_bias(window).to(q.dtype)
+        if labels is not None:  # group windows so that the mask broadcasts over the batch
+            mask = attention_mask(labels, q.dtype)
             num_windows = mask.shape[0]
             bias = (bias[None] + mask[:, None]).reshape(1, num_windows * heads, n, n)
             q, k, v = (t.reshape(bw // num_windows, num_windows * heads, n, -1) for t in (q, k, v))
         else:
             bias = bias[None]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
-        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.reshape(bw, heads, n, -1).transpose(1, 2).reshape(bw, n, c))
 
 
@@ -206,8 +214,8 @@ class SwinBlock(nn.Module):
             y = F.pad(y, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - d))
         if any(shift):
             y = torch.roll(y, shifts=[-s for s in shift], dims=(1, 2, 3))
-        mask = attention_mask(padded, size, window, shift, x.device)
-        y = self.attn(window_partition(y, window), window, mask)
+        labels = window_labels(padded, size, window, shift, x.device)
+        y = self.attn(window_partition(y, window), window, labels)
         y = window_reverse(y, window, b, padded)
         if any(shift):
             y = torch.roll(y, shifts=list(shift), dims=(1, 2, 3))
