@@ -15,6 +15,7 @@ from rvos_d2.data.datasets.synthetic import (
     ExpressionSpec,
     SynthObject,
     generate_dataset,
+    register_synthetic,
     resolve,
 )
 from rvos_d2.data.mask_io import load_target_mask
@@ -74,6 +75,7 @@ def test_masks_match_object_ids_colours_and_motion(synth_root):
             frames = entry["frames"]
             ids = _id_maps(synth_root, split, video, frames)
             objects = meta[video]["objects"]
+            assert 2 <= len(objects) <= 5
             assert set(np.unique(ids)) - {0} <= {int(o) for o in objects}
             images = [
                 np.asarray(Image.open(synth_root / split / "JPEGImages" / video / f"{f}.jpg"))
@@ -241,6 +243,12 @@ def test_resolve_tells_ambiguous_from_unambiguous_specs():
     assert resolve(right, objects, visible) == {2}
     visible[1, 2:] = False  # the right red square leaves: the left one is then the rightmost
     assert resolve(right, objects, visible) == {1, 2}
+
+
+def test_missing_root_names_the_generator(tmp_path):
+    register_synthetic(tmp_path / "absent", prefix="synth_missing")
+    with pytest.raises(FileNotFoundError, match=r"absent.*tools/make_synthetic.py"):
+        DatasetCatalog.get("synth_missing_valid")
 
 
 def test_make_synthetic_cli(tmp_path, capsys):
