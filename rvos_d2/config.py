@@ -97,10 +97,15 @@ def _add_referformer_config(cfg: CN) -> None:
 
 
 def _add_solver_config(cfg: CN) -> None:
-    """Optimizer extras used by rvos_d2.engine."""
-    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
-    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.5  # backbone learning rate = BASE_LR * this
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding tables (queries, levels)
+    """Optimizer extras used by rvos_d2.engine.
+
+    detectron2's SOLVER.CLIP_GRADIENTS.CLIP_TYPE also accepts "full_model" here: the norm of all
+    gradients together is clipped to CLIP_VALUE.
+    """
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD" (SGD uses SOLVER.MOMENTUM and NESTEROV)
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.5  # lr of the model's `backbone` submodule = BASE_LR * this
+    # weight decay of nn.Embedding tables and of parameters modules list in `embedding_param_names`
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
 
 
 def _add_test_config(cfg: CN) -> None:
