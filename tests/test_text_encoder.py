@@ -123,6 +123,11 @@ def test_unknown_model_offline_names_the_key(monkeypatch):
         TextEncoder(name="no-such-org/no-such-text-model", out_dim=OUT_DIM)
 
 
+def test_folder_without_model_names_the_key(tmp_path):
+    with pytest.raises(OSError, match="MODEL.TEXT_ENCODER.NAME"):
+        TextEncoder(name=str(tmp_path), out_dim=OUT_DIM)
+
+
 def test_bad_pooling_raises():
     with pytest.raises(ValueError, match="POOLING"):
         TextEncoder(name="minilm", out_dim=OUT_DIM, pooling="max")

@@ -59,7 +59,7 @@ def _load_language_model(name: str) -> tuple[nn.Module, object]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
         model = AutoModel.from_pretrained(path, local_files_only=local_only)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing files / a folder that holds no model
         raise OSError(
             f"MODEL.TEXT_ENCODER.NAME={name!r}: cannot load the language model ({e}). Without "
             "internet access it must be in the Hugging Face cache (download it once with "
