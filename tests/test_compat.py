@@ -52,6 +52,7 @@ def test_pillow_linear_alias(monkeypatch):
 
 def test_detectron2_transforms_import_after_shims():
     import numpy as np
+
     from detectron2.data import transforms as T
 
     assert T.ResizeShortestEdge(96).get_transform(np.zeros((10, 20, 3))) is not None
