@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import Conv2d, get_norm
 from fvcore.nn import weight_init
 from torch import nn
 
 from rvos_d2.modeling.heads.vl_fusion import TextCrossAttention
+
+from detectron2.layers import Conv2d, get_norm
 
 
 class CrossModalFPN(nn.Module):
