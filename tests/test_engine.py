@@ -230,3 +230,18 @@ def test_ddp_wrapper_is_identity_in_one_process():
 
     model = nn.Linear(2, 2)
     assert create_ddp_model(model) is model
+
+
+def test_trainer_state_holds_optimizer_and_tolerates_old_checkpoints(toy_cfg, synth_root):
+    trainer = RVOSTrainer(toy_cfg)
+    with EventStorage(0):
+        trainer.run_step()
+    state = trainer.state_dict()
+    assert state["_trainer"]["optimizer"]["state"], "optimizer state missing from the checkpoint"
+    fresh = RVOSTrainer(toy_cfg)
+    fresh.load_state_dict(state)
+    saved = state["_trainer"]["optimizer"]["state"]
+    assert fresh.optimizer.state_dict()["state"].keys() == saved.keys()
+    older = RVOSTrainer(toy_cfg)
+    older.load_state_dict({"iteration": 5})  # detectron2 v0.6 DefaultTrainer checkpoints
+    assert older.iter == 5 and not older.optimizer.state_dict()["state"]

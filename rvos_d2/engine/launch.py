@@ -8,6 +8,7 @@ machine's CPU cores, and the multi-machine arguments keep their meaning.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.engine import launch as d2_launch
@@ -27,6 +29,9 @@ from detectron2.utils import comm
 __all__ = ["DEFAULT_TIMEOUT", "create_ddp_model", "launch"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+_DDP_HAS_FORWARD_SYNC = (
+    "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+)
 
 
 def _free_local_url() -> str:
@@ -135,7 +140,11 @@ def create_ddp_model(model: nn.Module, **kwargs: Any) -> nn.Module:
     """Wraps `model` in DistributedDataParallel when there are several processes.
 
     A model on the CPU is wrapped without ``device_ids`` (detectron2 always passes them).
+    Where torch replaced ``broadcast_buffers`` by ``forward_sync_buffers``, the value is passed
+    under the new name (buffers are then also synced once at construction, which is harmless).
     """
     if comm.get_world_size() > 1 and all(p.device.type == "cpu" for p in model.parameters()):
         kwargs.setdefault("device_ids", None)
+    if "broadcast_buffers" in kwargs and _DDP_HAS_FORWARD_SYNC:
+        kwargs["forward_sync_buffers"] = kwargs.pop("broadcast_buffers")
     return d2_create_ddp_model(model, **kwargs)
