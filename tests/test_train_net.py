@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,8 @@ def _checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_resume_restores_iteration_optimizer_and_scheduler(trained):
+def test_resume_restores_iteration_optimizer_and_scheduler(trained, tmp_path):
+    trained = Path(shutil.copytree(trained, tmp_path / "output"))
     cfg = setup(_args("--resume", *toy_opts(trained, max_iter=7, checkpoint_period=2)))
     saved = _checkpoint(trained / "model_final.pth")
     trainer = RVOSTrainer(cfg)
