@@ -10,7 +10,6 @@ MODEL.META_ARCHITECTURE. Hooks (checkpointing, evaluation, writers) are detectro
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 import weakref
 
@@ -134,10 +133,9 @@ class RVOSTrainer(DefaultTrainer):
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
     ) -> DatasetEvaluator:
+        """The evaluator of `dataset_name` (output_folder defaults to OUTPUT_DIR/inference/NAME)."""
         from rvos_d2.evaluation import build_evaluator
 
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(cfg, dataset_name, output_folder)
 
 
