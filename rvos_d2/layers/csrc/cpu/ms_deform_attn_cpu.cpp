@@ -2,9 +2,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
-#include <cmath>
-
 #include "ms_deform_attn.h"
+#include "ms_deform_attn_footprint.h"
 
 namespace rvos_d2 {
 namespace {
@@ -22,40 +21,6 @@ Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
           sampling_locations.size(3),
           sampling_locations.size(4)};
 }
-
-// Bilinear footprint of one sampling point on an h x w level (align_corners=False): the four
-// neighbouring pixels, their weights, and which of them lie inside the map.
-template <typename scalar_t>
-struct Footprint {
-  scalar_t lh, lw, hh, hw;   // fractional distances to the low / high neighbours
-  int64_t offset[4];         // token index of corners (y0,x0), (y0,x1), (y1,x0), (y1,x1)
-  bool inside[4];
-
-  // Returns false when the point is too far outside to touch any pixel.
-  bool init(scalar_t x, scalar_t y, int64_t h, int64_t w) {
-    const scalar_t y_im = y * h - scalar_t(0.5);
-    const scalar_t x_im = x * w - scalar_t(0.5);
-    if (!(y_im > -1 && x_im > -1 && y_im < h && x_im < w)) return false;
-    const int64_t y0 = static_cast<int64_t>(std::floor(y_im));
-    const int64_t x0 = static_cast<int64_t>(std::floor(x_im));
-    lh = y_im - y0;
-    lw = x_im - x0;
-    hh = 1 - lh;
-    hw = 1 - lw;
-    const int64_t ys[2] = {y0, y0 + 1};
-    const int64_t xs[2] = {x0, x0 + 1};
-    for (int k = 0; k < 4; ++k) {
-      const int64_t yy = ys[k >> 1], xx = xs[k & 1];
-      inside[k] = yy >= 0 && yy < h && xx >= 0 && xx < w;
-      offset[k] = yy * w + xx;
-    }
-    return true;
-  }
-
-  scalar_t weight(int k) const {
-    return (k >> 1 ? lh : hh) * (k & 1 ? lw : hw);
-  }
-};
 
 template <typename scalar_t>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
@@ -127,12 +92,10 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
               }
               dot[k] = acc;
             }
-            grad_weights[i] = f.hh * f.hw * dot[0] + f.hh * f.lw * dot[1] +
-                              f.lh * f.hw * dot[2] + f.lh * f.lw * dot[3];
-            const scalar_t d_x = f.hh * (dot[1] - dot[0]) + f.lh * (dot[3] - dot[2]);
-            const scalar_t d_y = f.hw * (dot[2] - dot[0]) + f.lw * (dot[3] - dot[1]);
-            grad_locations[2 * i] = a * w * d_x;
-            grad_locations[2 * i + 1] = a * h * d_y;
+            grad_weights[i] = f.weight(0) * dot[0] + f.weight(1) * dot[1] +
+                              f.weight(2) * dot[2] + f.weight(3) * dot[3];
+            grad_locations[2 * i] = a * w * f.d_x(dot);
+            grad_locations[2 * i + 1] = a * h * f.d_y(dot);
           }
         }
       }
