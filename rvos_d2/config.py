@@ -42,10 +42,10 @@ def _add_transformer_config(cfg: CN) -> None:
     cfg.MODEL.DEFORMABLE_TRANSFORMER = CN()
     cfg.MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM = 256  # model width C
     cfg.MODEL.DEFORMABLE_TRANSFORMER.NHEADS = 8  # attention heads M
-    cfg.MODEL.DEFORMABLE_TRANSFORMER.ENC_LAYERS = 4
-    cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS = 4
-    cfg.MODEL.DEFORMABLE_TRANSFORMER.DIM_FEEDFORWARD = 1024
-    cfg.MODEL.DEFORMABLE_TRANSFORMER.DROPOUT = 0.1
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.ENC_LAYERS = 4  # deformable encoder layers
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS = 4  # decoder layers (one prediction each)
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DIM_FEEDFORWARD = 1024  # hidden width of each layer's FFN
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DROPOUT = 0.1  # dropout in attention and FFN blocks
     cfg.MODEL.DEFORMABLE_TRANSFORMER.NUM_FEATURE_LEVELS = 4  # multi-scale levels L
     cfg.MODEL.DEFORMABLE_TRANSFORMER.ENC_N_POINTS = 4  # sampling points P per level in the encoder
     cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_N_POINTS = 4  # sampling points P per level in the decoder
