@@ -23,9 +23,9 @@ import tqdm
 import rvos_d2  # noqa: F401  (shims, registrations)
 from rvos_d2.config import add_rvos_config
 from rvos_d2.data.transforms import augment_clip, build_clip_augmentations
+from rvos_d2.engine import RVOSCheckpointer
 from rvos_d2.utils.video_io import read_video_frames, write_masks, write_overlay_video
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
@@ -63,7 +63,7 @@ class VideoSegmenter:
     def __init__(self, cfg: CfgNode):
         self.model = build_model(cfg).eval()
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            RVOSCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
         self.augmentations = build_clip_augmentations(cfg, is_train=False)
