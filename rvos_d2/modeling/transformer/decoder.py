@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from detectron2.config import configurable
 from torch import Tensor, nn
 
 from rvos_d2.layers import MSDeformAttn
 from rvos_d2.modeling.transformer.utils import inverse_sigmoid
+
+from detectron2.config import configurable
 
 
 class DeformableTransformerDecoderLayer(nn.Module):
