@@ -53,7 +53,7 @@ def get_extensions():
     use_cuda = os.environ.get("FORCE_CUDA", "") == "1" or (
         cuda_home is not None and os.environ.get("FORCE_CUDA", "") != "0"
     )
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    extra_compile_args = {"cxx": ["-O3"]}
     define_macros = []
     extension = CppExtension
     if use_cuda and cuda_sources:
@@ -65,7 +65,6 @@ def get_extensions():
         define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = [
             "-O3",
-            "-std=c++17",
             "-D__CUDA_NO_HALF_OPERATORS__",
             "-D__CUDA_NO_HALF_CONVERSIONS__",
             "-D__CUDA_NO_HALF2_OPERATORS__",

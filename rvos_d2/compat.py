@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 
 PLACEHOLDER_FLAG = "__rvos_d2_placeholder__"
 
@@ -82,5 +83,9 @@ def is_detectron2_placeholder(module: types.ModuleType) -> bool:
 
 def apply() -> None:
     """Applies both shims; safe to call more than once."""
+    # detectron2 scripts a few helpers with torch.jit at import time, which torch now flags.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
     patch_pillow_linear()
     install_detectron2_c_placeholder()
