@@ -6,7 +6,11 @@ import torch
 from torch import Tensor, nn
 
 from rvos_d2.layers import MSDeformAttn
-from rvos_d2.modeling.transformer.utils import inverse_sigmoid
+from rvos_d2.modeling.transformer.utils import (
+    inverse_sigmoid,
+    reset_stack_parameters,
+    stack_kwargs,
+)
 
 from detectron2.config import configurable
 
@@ -98,24 +102,11 @@ class DeformableTransformerDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> dict:
         t = cfg.MODEL.DEFORMABLE_TRANSFORMER
-        return {
-            "d_model": t.HIDDEN_DIM,
-            "nhead": t.NHEADS,
-            "num_layers": t.DEC_LAYERS,
-            "dim_feedforward": t.DIM_FEEDFORWARD,
-            "dropout": t.DROPOUT,
-            "n_levels": t.NUM_FEATURE_LEVELS,
-            "n_points": t.DEC_N_POINTS,
-        }
+        return stack_kwargs(cfg, num_layers=t.DEC_LAYERS, n_points=t.DEC_N_POINTS)
 
     def reset_parameters(self) -> None:
-        """Xavier for every matrix, the paper's scheme for the deformable attention layers."""
-        for p in self.layers.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for module in self.layers.modules():
-            if isinstance(module, MSDeformAttn):
-                module.reset_parameters()
+        """The shared layer init (Xavier matrices, MSDeformAttn's own scheme)."""
+        reset_stack_parameters(self.layers)
 
     def forward(
         self,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from rvos_d2.layers import MSDeformAttn
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -27,3 +29,30 @@ def valid_ratios(mask: Tensor) -> Tensor:
     valid_h = (~mask[:, :, 0]).sum(dim=1)
     valid_w = (~mask[:, 0, :]).sum(dim=1)
     return torch.stack([valid_w.float() / w, valid_h.float() / h], dim=-1)
+
+
+def stack_kwargs(cfg, num_layers: int, n_points: int) -> dict:
+    """Constructor kwargs of an encoder / decoder stack from MODEL.DEFORMABLE_TRANSFORMER.
+
+    The two stacks share every key but their depth and their sampling points per level.
+    """
+    t = cfg.MODEL.DEFORMABLE_TRANSFORMER
+    return {
+        "d_model": t.HIDDEN_DIM,
+        "nhead": t.NHEADS,
+        "num_layers": num_layers,
+        "dim_feedforward": t.DIM_FEEDFORWARD,
+        "dropout": t.DROPOUT,
+        "n_levels": t.NUM_FEATURE_LEVELS,
+        "n_points": n_points,
+    }
+
+
+def reset_stack_parameters(layers: nn.Module) -> None:
+    """Xavier for every matrix, then each MSDeformAttn's own scheme (the paper's init)."""
+    for p in layers.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for module in layers.modules():
+        if isinstance(module, MSDeformAttn):
+            module.reset_parameters()
