@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
 __all__ = ["SwinBackboneBase", "SwinBlock", "WindowAttention", "PatchMerging", "SwinStage"]
@@ -354,14 +353,6 @@ class SwinBackboneBase(Backbone):
                 out = getattr(self, f"norm{i}")(out)
                 outputs[name] = out.flatten(0, 1).permute(0, 3, 1, 2).contiguous()
         return outputs
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
 
 def _init_weights(module: nn.Module) -> None:

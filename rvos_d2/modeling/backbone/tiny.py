@@ -64,14 +64,6 @@ class TinyConvBackbone(Backbone):
                 outputs[name] = x
         return outputs
 
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
-
 
 @BACKBONE_REGISTRY.register()
 def build_tiny_backbone(cfg, input_shape: ShapeSpec) -> TinyConvBackbone:
