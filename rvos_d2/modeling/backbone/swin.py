@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from rvos_d2.modeling.backbone.swin_layers import SwinBackboneBase, pad_to_multiple
+from rvos_d2.modeling.backbone.swin_layers import (
+    SwinBackboneBase,
+    pad_to_multiple,
+    swin_kwargs,
+)
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -73,15 +77,4 @@ def build_swin_backbone(cfg, input_shape: ShapeSpec) -> D2SwinTransformer:
     if input_shape.channels != 3:
         raise ValueError(f"Swin expects 3 input channels, got {input_shape.channels}")
     sc = cfg.MODEL.SWIN
-    return D2SwinTransformer(
-        embed_dim=sc.EMBED_DIM,
-        depths=list(sc.DEPTHS),
-        num_heads=list(sc.NUM_HEADS),
-        window_size=sc.WINDOW_SIZE,
-        mlp_ratio=sc.MLP_RATIO,
-        qkv_bias=sc.QKV_BIAS,
-        drop_path_rate=sc.DROP_PATH_RATE,
-        patch_norm=sc.PATCH_NORM,
-        out_features=list(sc.OUT_FEATURES),
-        use_checkpoint=sc.USE_CHECKPOINT,
-    )
+    return D2SwinTransformer(window_size=sc.WINDOW_SIZE, **swin_kwargs(sc))

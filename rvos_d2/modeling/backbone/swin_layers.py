@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
 
 __all__ = ["SwinBackboneBase", "SwinBlock", "WindowAttention", "PatchMerging", "SwinStage"]
@@ -370,3 +371,21 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     h, w = x.shape[-2:]
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
     return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+def swin_kwargs(node: CfgNode) -> dict:
+    """Constructor kwargs shared by both Swin backbones from a MODEL.SWIN-like config node.
+
+    WINDOW_SIZE is left to the caller: an int for the 2D Swin, (T, H, W) for Video Swin.
+    """
+    return {
+        "embed_dim": node.EMBED_DIM,
+        "depths": list(node.DEPTHS),
+        "num_heads": list(node.NUM_HEADS),
+        "mlp_ratio": node.MLP_RATIO,
+        "qkv_bias": node.QKV_BIAS,
+        "drop_path_rate": node.DROP_PATH_RATE,
+        "patch_norm": node.PATCH_NORM,
+        "out_features": list(node.OUT_FEATURES),
+        "use_checkpoint": node.USE_CHECKPOINT,
+    }

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from rvos_d2.modeling.backbone.swin_layers import SwinBackboneBase, pad_to_multiple
+from rvos_d2.modeling.backbone.swin_layers import (
+    SwinBackboneBase,
+    pad_to_multiple,
+    swin_kwargs,
+)
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -84,15 +88,4 @@ def build_video_swin_backbone(cfg, input_shape: ShapeSpec) -> VideoSwinTransform
     if input_shape.channels != 3:
         raise ValueError(f"Video Swin expects 3 input channels, got {input_shape.channels}")
     vc = cfg.MODEL.VIDEO_SWIN
-    return VideoSwinTransformer(
-        embed_dim=vc.EMBED_DIM,
-        depths=list(vc.DEPTHS),
-        num_heads=list(vc.NUM_HEADS),
-        window_size=tuple(vc.WINDOW_SIZE),
-        mlp_ratio=vc.MLP_RATIO,
-        qkv_bias=vc.QKV_BIAS,
-        drop_path_rate=vc.DROP_PATH_RATE,
-        patch_norm=vc.PATCH_NORM,
-        out_features=list(vc.OUT_FEATURES),
-        use_checkpoint=vc.USE_CHECKPOINT,
-    )
+    return VideoSwinTransformer(window_size=tuple(vc.WINDOW_SIZE), **swin_kwargs(vc))
