@@ -82,35 +82,22 @@ def check_ms_deform_attn_inputs(
             f"ms_deform_attn: attention_weights must have shape {_shape(sampling_locations)[:-1]} "
             f"(sampling_locations without its last axis), got {_shape(attention_weights)}"
         )
-    for name, tensor in (
-        ("spatial_shapes", spatial_shapes),
-        ("level_start_index", level_start_index),
-    ):
+    indices = {"spatial_shapes": spatial_shapes, "level_start_index": level_start_index}
+    sampling = {"sampling_locations": sampling_locations, "attention_weights": attention_weights}
+    for name, tensor in indices.items():
         if tensor.dtype != torch.int64:
             raise ValueError(f"ms_deform_attn: {name} must be int64, got {tensor.dtype}")
-    for name, tensor in (
-        ("value", value),
-        ("sampling_locations", sampling_locations),
-        ("attention_weights", attention_weights),
-    ):
+    for name, tensor in {"value": value, **sampling}.items():
         if not tensor.is_floating_point():
             raise ValueError(f"ms_deform_attn: {name} must be floating point, got {tensor.dtype}")
     allowed = {value.dtype, accumulation_dtype(value.dtype)}
-    for name, tensor in (
-        ("sampling_locations", sampling_locations),
-        ("attention_weights", attention_weights),
-    ):
+    for name, tensor in sampling.items():
         if tensor.dtype not in allowed:
             raise ValueError(
                 f"ms_deform_attn: {name} has dtype {tensor.dtype} but value has {value.dtype} "
                 f"(allowed: {sorted(str(d) for d in allowed)})"
             )
-    for name, tensor in (
-        ("spatial_shapes", spatial_shapes),
-        ("level_start_index", level_start_index),
-        ("sampling_locations", sampling_locations),
-        ("attention_weights", attention_weights),
-    ):
+    for name, tensor in {**indices, **sampling}.items():
         if tensor.device != value.device:
             raise ValueError(
                 f"ms_deform_attn: {name} is on {tensor.device} but value is on {value.device}"
