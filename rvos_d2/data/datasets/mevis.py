@@ -19,11 +19,10 @@ from typing import Any
 from rvos_d2.data.datasets.ref_ytvos import (
     check_root,
     read_videos,
-    register_replacing,
     video_expressions,
     video_frames,
 )
-from rvos_d2.data.datasets.registration import datasets_root
+from rvos_d2.data.datasets.registration import register_replacing, resolve_root
 
 SPLITS = {"mevis_train": "train", "mevis_valid_u": "valid_u", "mevis_valid": "valid"}
 SPLITS_WITH_MASKS = ("train", "valid_u")
@@ -96,13 +95,16 @@ def load_mevis(root: str, split: str, dataset_name: str) -> list[dict[str, Any]]
     return dicts
 
 
-def register_mevis(root: str) -> None:
-    """Registers mevis_train, mevis_valid_u (local J&F) and mevis_valid (submission)."""
+def register_mevis(root: str | None = None) -> None:
+    """Registers mevis_train, mevis_valid_u (local J&F) and mevis_valid (submission).
+
+    A None root is `$DETECTRON2_DATASETS/mevis`, resolved when a split is loaded.
+    """
     for name, split in SPLITS.items():
         has_masks = split in SPLITS_WITH_MASKS
         register_replacing(
             name,
-            lambda split=split, name=name: load_mevis(root, split, name),
+            lambda split=split, name=name: load_mevis(resolve_root(root, "mevis"), split, name),
             evaluator_type="rvos" if has_masks else "rvos_submission",
             dataset_root=root,
             split=split,
@@ -110,4 +112,4 @@ def register_mevis(root: str) -> None:
         )
 
 
-register_mevis(str(datasets_root() / "mevis"))
+register_mevis()

@@ -24,9 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
-from rvos_d2.data.datasets.registration import clean_expression, datasets_root, require_dir
+from rvos_d2.data.datasets.registration import (
+    clean_expression,
+    datasets_root,
+    register_replacing,
+    require_dir,
+    resolve_root,
+)
 
 HOLDOUT_MODULUS = 20  # a train video is held out when md5(video id) % 20 == 0 (about 5%)
 
@@ -171,28 +175,29 @@ def load_ref_ytvos(
     return dicts
 
 
-def register_replacing(name: str, loader: Callable[[], list[dict]], **metadata: Any) -> None:
-    """Registers a loader and its metadata, first dropping an earlier registration of `name`."""
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(**metadata)
-
-
 def register_ref_ytvos_split(
     name: str,
-    root: str,
+    root: str | None,
     split: str,
     has_masks: bool,
     evaluator_type: str,
     video_filter: Callable[[str], bool] | None = None,
     exclude_split: str | None = None,
 ) -> None:
-    """Registers one lazily loaded split (replacing an earlier registration of `name`)."""
+    """Registers one lazily loaded split (replacing an earlier registration of `name`).
+
+    A None root is `$DETECTRON2_DATASETS/ref-youtube-vos`, resolved when the split is loaded.
+    """
     register_replacing(
         name,
-        lambda: load_ref_ytvos(root, split, name, has_masks, video_filter, exclude_split),
+        lambda: load_ref_ytvos(
+            resolve_root(root, "ref-youtube-vos"),
+            split,
+            name,
+            has_masks,
+            video_filter,
+            exclude_split,
+        ),
         evaluator_type=evaluator_type,
         dataset_root=root,
         split=split,
@@ -200,8 +205,11 @@ def register_ref_ytvos_split(
     )
 
 
-def register_all_ref_ytvos(root: str) -> None:
-    """Registers ref_ytvos_{train,valid} and the held-out slice of train with its complement."""
+def register_all_ref_ytvos(root: str | None = None) -> None:
+    """Registers ref_ytvos_{train,valid} and the held-out slice of train with its complement.
+
+    A None root is resolved from $DETECTRON2_DATASETS when a split is loaded.
+    """
     register_ref_ytvos_split("ref_ytvos_train", root, "train", True, "rvos")
     register_ref_ytvos_split(
         "ref_ytvos_train_sub", root, "train", True, "rvos", lambda v: not in_holdout(v)
@@ -212,4 +220,4 @@ def register_all_ref_ytvos(root: str) -> None:
     )
 
 
-register_all_ref_ytvos(str(datasets_root() / "ref-youtube-vos"))
+register_all_ref_ytvos()

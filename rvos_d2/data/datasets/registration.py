@@ -20,10 +20,24 @@ def datasets_root() -> Path:
     return Path(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))
 
 
+def resolve_root(root: str | os.PathLike | None, folder: str) -> str:
+    """`root` itself, or for None `<datasets root>/<folder>`; call it when loading, so the
+    environment at load time decides, as for every other dataset."""
+    return str(datasets_root() / folder) if root is None else str(root)
+
+
 def register_lazy(name: str, loader: Callable[[], list[dict]], **metadata: Any) -> None:
     """Registers `loader` and metadata under `name`; nothing is read until the dataset is used."""
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(**metadata)
+
+
+def register_replacing(name: str, loader: Callable[[], list[dict]], **metadata: Any) -> None:
+    """`register_lazy`, first dropping an earlier registration of `name` (to point it elsewhere)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_lazy(name, loader, **metadata)
 
 
 def require_dir(path: Path, what: str, hint: str = "") -> Path:

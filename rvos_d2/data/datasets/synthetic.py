@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from rvos_d2.data.datasets.ref_ytvos import load_ref_ytvos, register_replacing
-from rvos_d2.data.datasets.registration import datasets_root, require_dir
+from rvos_d2.data.datasets.ref_ytvos import load_ref_ytvos
+from rvos_d2.data.datasets.registration import register_replacing, require_dir, resolve_root
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon")
 COLOURS = {
@@ -549,19 +549,25 @@ def load_synthetic(root: str, split: str, dataset_name: str) -> list[dict]:
     return load_ref_ytvos(root, split, dataset_name, has_masks=True)
 
 
-def register_synthetic(root: str | os.PathLike, prefix: str = "rvos_synth") -> list[str]:
+def register_synthetic(
+    root: str | os.PathLike | None = None, prefix: str = "rvos_synth"
+) -> list[str]:
     """Registers `<prefix>_{train,valid,valid_motion}` read from `root`; returns the names.
 
-    Nothing is read until a dataset is loaded; names registered before are replaced.
+    Nothing is read until a dataset is loaded; names registered before are replaced. A None root
+    is `$DETECTRON2_DATASETS/rvos_synth`, resolved when a split is loaded.
     """
+    root = None if root is None else str(root)
     names = []
     for split in SPLITS:
         name = f"{prefix}_{split}"
         register_replacing(
             name,
-            lambda root=str(root), split=split, name=name: load_synthetic(root, split, name),
+            lambda split=split, name=name: load_synthetic(
+                resolve_root(root, "rvos_synth"), split, name
+            ),
             evaluator_type="rvos",
-            dataset_root=str(root),
+            dataset_root=root,
             split=split,
             has_masks=True,
         )
@@ -569,4 +575,4 @@ def register_synthetic(root: str | os.PathLike, prefix: str = "rvos_synth") -> l
     return names
 
 
-register_synthetic(datasets_root() / "rvos_synth")
+register_synthetic()
