@@ -36,6 +36,24 @@ def make_decoder(num_layers=2):
     return DeformableTransformerDecoder(C, HEADS, num_layers, 32, 0.0, LEVELS, POINTS)
 
 
+def decode(decoder, enc, reference):
+    """Runs `decoder` on random queries and query positions around `reference` (N x Q x 2|4),
+    into the memory of the encoder output `enc`, padding mask included."""
+    n, q = reference.shape[:2]
+    tgt = torch.randn(n, q, C)
+    query_pos = torch.randn(n, q, C)
+    return decoder(
+        tgt,
+        reference,
+        enc["memory"],
+        enc["spatial_shapes"],
+        enc["level_start_index"],
+        enc["valid_ratios"],
+        query_pos,
+        enc["mask_flatten"],
+    )
+
+
 def test_position_embedding_shape_and_padding_invariance():
     pe = PositionEmbeddingSine(num_pos_feats=8)
     x = torch.zeros(2, 3, 5, 7)
@@ -99,16 +117,7 @@ def test_decoder_shapes_and_references(ref_dims, refine):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
     reference = torch.rand(2, 5, ref_dims) * 0.8 + 0.1
-    hs, refs = decoder(
-        torch.randn(2, 5, C),
-        reference,
-        enc["memory"],
-        enc["spatial_shapes"],
-        enc["level_start_index"],
-        enc["valid_ratios"],
-        torch.randn(2, 5, C),
-        enc["mask_flatten"],
-    )
+    hs, refs = decode(decoder, enc, reference)
     assert hs.shape == (3, 2, 5, C)
     if not refine:
         assert torch.equal(refs, reference.expand(3, -1, -1, -1))
@@ -152,16 +161,7 @@ def test_every_parameter_gets_a_gradient():
     srcs = [s.requires_grad_() for s in srcs]
     enc = encoder(srcs, masks, pos)
     reference = torch.rand(2, 5, 2)
-    hs, refs = decoder(
-        torch.randn(2, 5, C),
-        reference,
-        enc["memory"],
-        enc["spatial_shapes"],
-        enc["level_start_index"],
-        enc["valid_ratios"],
-        torch.randn(2, 5, C),
-        enc["mask_flatten"],
-    )
+    hs, refs = decode(decoder, enc, reference)
     # Boxes as a meta-architecture predicts them: from each layer's output and input reference.
     inputs = [reference, refs[0]]
     boxes = [

@@ -177,25 +177,26 @@ def test_malformed_entries_name_file_and_video(broken_root, edit, message):
     assert str(path) in str(info.value)
 
 
+def _expect_load_error(root, error, message):
+    """Loading the train split of `root` raises `error` with a message matching `message`."""
+    with pytest.raises(error, match=message):
+        load_ref_ytvos(str(root), "train", "t", has_masks=True)
+
+
 def test_missing_and_malformed_files_are_named(broken_root):
     meta = broken_root / "train" / "meta.json"
     data = json.loads(meta.read_text())
     meta.write_text(json.dumps({"videos": {"vid_a": data["videos"]["vid_a"]}}))
-    with pytest.raises(ValueError, match=r"meta.json: video 'vid_b' is missing"):
-        load_ref_ytvos(str(broken_root), "train", "t", has_masks=True)
+    _expect_load_error(broken_root, ValueError, r"meta.json: video 'vid_b' is missing")
     meta.write_text("{not json")
-    with pytest.raises(ValueError, match=r"meta.json is not valid json"):
-        load_ref_ytvos(str(broken_root), "train", "t", has_masks=True)
+    _expect_load_error(broken_root, ValueError, r"meta.json is not valid json")
     meta.unlink()
-    with pytest.raises(FileNotFoundError, match=r"object meta file not found: .*meta.json"):
-        load_ref_ytvos(str(broken_root), "train", "t", has_masks=True)
+    _expect_load_error(broken_root, FileNotFoundError, r"object meta file not found: .*meta.json")
     exp = broken_root / "meta_expressions" / "train" / "meta_expressions.json"
     exp.write_text('{"no_videos": 1}')
-    with pytest.raises(ValueError, match=r"meta_expressions.json: expected .* 'videos'"):
-        load_ref_ytvos(str(broken_root), "train", "t", has_masks=True)
+    _expect_load_error(broken_root, ValueError, r"meta_expressions.json: expected .* 'videos'")
     exp.unlink()
-    with pytest.raises(FileNotFoundError, match=r"expressions file not found"):
-        load_ref_ytvos(str(broken_root), "train", "t", has_masks=True)
+    _expect_load_error(broken_root, FileNotFoundError, r"expressions file not found")
 
 
 def test_missing_annotation_png_is_named_when_read(broken_root):
