@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import rvos_d2  # noqa: E402,F401  (detectron2 shims before any detectron2 import)
+import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 import)
 
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict], Callable | None]] = {}
 

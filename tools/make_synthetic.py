@@ -9,14 +9,11 @@ $DETECTRON2_DATASETS/rvos_synth. The same seed and options always give the same 
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import rvos_d2  # noqa: E402,F401  (detectron2 shims before any detectron2 submodule)
-from rvos_d2.data.datasets.synthetic import EXPRESSION_TYPES, generate_dataset  # noqa: E402
+import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 submodule)
+from rvos_d2.data.datasets.synthetic import EXPRESSION_TYPES, generate_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:
