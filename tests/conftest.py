@@ -8,7 +8,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Test tensors are small: one intra-op thread avoids OpenMP spin contention with the
+# multi-process tests and with anything else running on a small machine.
+torch.set_num_threads(1)
 
 import rvos_d2  # noqa: E402,F401  (shims before any detectron2 submodule; registrations)
 
