@@ -87,6 +87,7 @@ def _add_referformer_config(cfg: CN) -> None:
     """ReferFormer meta-architecture, heads, matcher and loss weights."""
     cfg.MODEL.REFERFORMER = CN()
     cfg.MODEL.REFERFORMER.NUM_QUERIES = 5  # conditional queries N per frame
+    cfg.MODEL.REFERFORMER.FPN_DIM = 256  # channels inside the cross-modal FPN (the paper: C)
     cfg.MODEL.REFERFORMER.MASK_DIM = 8  # channels of the stride-4 mask features (CM-FPN output)
     cfg.MODEL.REFERFORMER.DYNAMIC_CONV_CHANNELS = 8  # channels of the dynamic 1x1 convolutions
     cfg.MODEL.REFERFORMER.CLASS_WEIGHT = 2.0  # lambda_cls: referred-or-not focal loss and cost

@@ -8,6 +8,7 @@ from fvcore.nn import weight_init
 from torch import nn
 
 from rvos_d2.modeling.heads.vl_fusion import TextCrossAttention
+from rvos_d2.modeling.transformer import PositionEmbeddingSine
 
 from detectron2.layers import Conv2d, get_norm
 
@@ -16,14 +17,18 @@ class CrossModalFPN(nn.Module):
     """Fuses fine-to-coarse maps (backbone stride-4 map, encoder memory at strides 8/16/32) into
     stride-4 mask features.
 
-    At each level: 1x1 lateral conv + GroupNorm, then every position attends to the words
+    At each level: 1x1 lateral conv + GroupNorm, then every position (with its sine position
+    encoding) attends to the words
     (TextCrossAttention, added as a residual and LayerNorm-ed), then the upsampled coarser
     output is added and a 3x3 conv + GN + ReLU smooths the sum. A final 3x3 conv projects the
     finest level to `mask_dim` channels.
     """
 
-    def __init__(self, in_channels: list[int], conv_dim: int, mask_dim: int, num_heads: int):
+    def __init__(
+        self, in_channels: list[int], conv_dim: int, mask_dim: int, num_heads: int, text_dim: int
+    ):
         super().__init__()
+        self.position = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.lateral = nn.ModuleList(
             Conv2d(c, conv_dim, 1, bias=False, norm=get_norm("GN", conv_dim)) for c in in_channels
         )
@@ -39,7 +44,9 @@ class CrossModalFPN(nn.Module):
             )
             for _ in in_channels
         )
-        self.fusion = nn.ModuleList(TextCrossAttention(conv_dim, num_heads) for _ in in_channels)
+        self.fusion = nn.ModuleList(
+            TextCrossAttention(conv_dim, num_heads, text_dim) for _ in in_channels
+        )
         self.fusion_norm = nn.ModuleList(nn.LayerNorm(conv_dim) for _ in in_channels)
         self.mask_proj = Conv2d(conv_dim, mask_dim, 3, padding=1)
         for conv in [*self.lateral, *self.output, self.mask_proj]:
@@ -48,13 +55,13 @@ class CrossModalFPN(nn.Module):
     def forward(
         self,
         features: list[torch.Tensor],
-        pos: list[torch.Tensor],
+        masks: list[torch.Tensor],
         words: torch.Tensor,
         word_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """features / pos: fine-to-coarse F x Ci x hi x wi maps and their F x C x hi x wi position
-        encodings; words F x L x C with word_mask F x L (True = padding) -> F x mask_dim x h0 x w0.
-        """
+        """features / masks: fine-to-coarse F x Ci x hi x wi maps and their F x hi x wi padding
+        masks (True = padding); words F x L x Ct with word_mask F x L (True = padding)
+        -> F x mask_dim x h0 x w0."""
         if len(features) != len(self.lateral):
             raise ValueError(
                 f"CrossModalFPN expects {len(self.lateral)} levels, got {len(features)}"
@@ -62,7 +69,8 @@ class CrossModalFPN(nn.Module):
         y = None
         for level in reversed(range(len(features))):
             x = self.lateral[level](features[level])
-            x = self._fuse_text(level, x, pos[level], words, word_mask)
+            pos = self.position(x, masks[level])
+            x = self._fuse_text(level, x, pos, words, word_mask)
             if y is not None:
                 x = x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
             y = self.output[level](x)

@@ -14,9 +14,12 @@ class TextCrossAttention(nn.Module):
     a residual sum in the cross-modal FPN).
     """
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, text_dim: int | None = None):
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        text_dim = dim if text_dim is None else text_dim
+        self.attn = nn.MultiheadAttention(
+            dim, num_heads, kdim=text_dim, vdim=text_dim, batch_first=True
+        )
 
     def forward(
         self,
@@ -25,6 +28,6 @@ class TextCrossAttention(nn.Module):
         word_mask: torch.Tensor,
         visual_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """visual F x P x C, words F x L x C, word_mask F x L (True = padding) -> F x P x C."""
+        """visual F x P x C, words F x L x Ct, word_mask F x L (True = padding) -> F x P x C."""
         query = visual if visual_pos is None else visual + visual_pos
         return self.attn(query, words, words, key_padding_mask=word_mask, need_weights=False)[0]

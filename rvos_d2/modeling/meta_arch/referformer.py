@@ -60,6 +60,7 @@ class ReferFormer(nn.Module):
         num_queries: int,
         num_feature_levels: int,
         num_heads: int,
+        fpn_dim: int,
         mask_dim: int,
         dynamic_conv_channels: int,
         criterion: SequenceCriterion,
@@ -109,9 +110,10 @@ class ReferFormer(nn.Module):
 
         self.fpn = CrossModalFPN(
             [shapes[0][1].channels] + [hidden] * TRANSFORMER_BACKBONE_LEVELS,
-            hidden,
+            fpn_dim,
             mask_dim,
             num_heads,
+            text_dim=hidden,
         )
         self.mask_head = DynamicMaskHead(hidden, mask_dim, dynamic_conv_channels)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -135,6 +137,7 @@ class ReferFormer(nn.Module):
             "num_queries": rf.NUM_QUERIES,
             "num_feature_levels": cfg.MODEL.DEFORMABLE_TRANSFORMER.NUM_FEATURE_LEVELS,
             "num_heads": cfg.MODEL.DEFORMABLE_TRANSFORMER.NHEADS,
+            "fpn_dim": rf.FPN_DIM,
             "mask_dim": rf.MASK_DIM,
             "dynamic_conv_channels": rf.DYNAMIC_CONV_CHANNELS,
             "criterion": SequenceCriterion(weights),
@@ -189,11 +192,9 @@ class ReferFormer(nn.Module):
         logits = torch.stack([head(h).squeeze(-1) for head, h in zip(self.class_embed, hs)])
 
         mask_level = features[self.mask_feature_name]
-        mask_padding = _resize_mask(padding, mask_level.shape[-2:])
-        memory_maps = _split_levels(enc, TRANSFORMER_BACKBONE_LEVELS)
         mask_features = self.fpn(
-            [mask_level, *memory_maps],
-            [self.position(mask_level, mask_padding), *pos[:TRANSFORMER_BACKBONE_LEVELS]],
+            [mask_level, *_split_levels(enc, TRANSFORMER_BACKBONE_LEVELS)],
+            [_resize_mask(padding, mask_level.shape[-2:]), *masks[:TRANSFORMER_BACKBONE_LEVELS]],
             words,
             word_mask,
         )
