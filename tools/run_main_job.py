@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer.resume_or_load(resume=not args.from_scratch)
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-    results = RVOSTrainer.test(cfg, model)
+    # detectron2's evaluation hook always evaluates DATASETS.TEST after the last iteration.
+    results = getattr(trainer, "_last_eval_results", None) or RVOSTrainer.test(cfg, model)
     write_overlay(cfg, model, SPLITS[0], args.output_dir / "overlay_valid.mp4")
 
     summary: dict = {}
