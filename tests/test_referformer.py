@@ -172,7 +172,6 @@ def test_loss_decreases_on_synthetic_clips(referformer_cfg, synth_root):
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
-@pytest.mark.slow
 def test_overfits_a_few_synthetic_clips(referformer_cfg, synth_root):
     referformer_cfg.MODEL.TINY_BACKBONE.WIDTH = 16
     referformer_cfg.MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM = 64
