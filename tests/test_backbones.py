@@ -41,6 +41,49 @@ def test_tiny_backbone_subset_of_features(rvos_cfg):
         build_backbone(rvos_cfg)
 
 
+def test_tiny_video_backbone_mixes_frames(rvos_cfg):
+    rvos_cfg.MODEL.BACKBONE.NAME = "build_tiny_backbone"
+    rvos_cfg.MODEL.TINY_BACKBONE.WIDTH = 8
+    rvos_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res4", "res5"]
+    backbone = build_backbone(rvos_cfg).eval()
+    assert backbone.is_video
+    clips = torch.randn(2, 3, 3, 64, 64)  # B x T x 3 x H x W
+    with torch.no_grad():
+        before = backbone(clips)
+        _check_outputs(backbone, before, 6, 64, 64)
+        for block in backbone.temporal.values():  # zero-initialised branch: starts per frame
+            torch.nn.init.ones_(block.norm.weight)
+        changed = clips.clone()
+        changed[0, 2] = torch.randn(3, 64, 64)
+        after_a, after_b = backbone(clips), backbone(changed)
+    # frame 1 of clip 0 sees its neighbour frame 2 through res4's temporal conv, not before it
+    torch.testing.assert_close(after_a["res3"][1], after_b["res3"][1])
+    assert not torch.allclose(after_a["res4"][1], after_b["res4"][1])
+    # frames of the other clip are untouched
+    torch.testing.assert_close(after_a["res5"][3:], after_b["res5"][3:])
+    with pytest.raises(ValueError, match="B x T x 3 x H x W"):
+        backbone(torch.randn(2, 3, 64, 64))
+    rvos_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res7"]
+    with pytest.raises(ValueError, match="TEMPORAL_STAGES"):
+        build_backbone(rvos_cfg)
+
+
+def test_tiny_video_backbone_starts_as_frame_backbone(rvos_cfg):
+    rvos_cfg.MODEL.BACKBONE.NAME = "build_tiny_backbone"
+    rvos_cfg.MODEL.TINY_BACKBONE.WIDTH = 8
+    torch.manual_seed(0)
+    frame_backbone = build_backbone(rvos_cfg).eval()
+    rvos_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res3", "res4", "res5"]
+    video_backbone = build_backbone(rvos_cfg).eval()
+    missing = video_backbone.load_state_dict(frame_backbone.state_dict(), strict=False)
+    assert all(k.startswith("temporal.") for k in missing.missing_keys)
+    clips = torch.randn(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        video, frames = video_backbone(clips), frame_backbone(clips[0])
+    for name in frames:
+        torch.testing.assert_close(video[name], frames[name])
+
+
 def test_resnet50_builds(rvos_cfg):
     rvos_cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
     rvos_cfg.MODEL.RESNETS.DEPTH = 50
