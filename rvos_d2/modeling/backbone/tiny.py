@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
@@ -58,7 +60,7 @@ class TinyConvBackbone(Backbone):
         width: int,
         out_features: list[str],
         norm: str = "BN",
-        temporal_stages: list[str] = (),
+        temporal_stages: Sequence[str] = (),
     ) -> None:
         super().__init__()
         unknown = (set(out_features) | set(temporal_stages)) - set(STAGE_NAMES)
