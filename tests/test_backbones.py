@@ -7,6 +7,14 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
 
+@pytest.fixture
+def tiny_cfg(rvos_cfg):
+    """The default config with an 8-wide TinyConvBackbone."""
+    rvos_cfg.MODEL.BACKBONE.NAME = "build_tiny_backbone"
+    rvos_cfg.MODEL.TINY_BACKBONE.WIDTH = 8
+    return rvos_cfg
+
+
 def _check_outputs(backbone, outputs, n, height, width):
     shapes = backbone.output_shape()
     assert set(outputs) == set(shapes)
@@ -15,10 +23,8 @@ def _check_outputs(backbone, outputs, n, height, width):
         assert tuple(outputs[name].shape) == expected, name
 
 
-def test_tiny_backbone_shapes(rvos_cfg):
-    rvos_cfg.MODEL.BACKBONE.NAME = "build_tiny_backbone"
-    rvos_cfg.MODEL.TINY_BACKBONE.WIDTH = 8
-    backbone = build_backbone(rvos_cfg)
+def test_tiny_backbone_shapes(tiny_cfg):
+    backbone = build_backbone(tiny_cfg)
     assert {k: v.stride for k, v in backbone.output_shape().items()} == {
         "res2": 4,
         "res3": 8,
@@ -41,11 +47,9 @@ def test_tiny_backbone_subset_of_features(rvos_cfg):
         build_backbone(rvos_cfg)
 
 
-def test_tiny_video_backbone_mixes_frames(rvos_cfg):
-    rvos_cfg.MODEL.BACKBONE.NAME = "build_tiny_backbone"
-    rvos_cfg.MODEL.TINY_BACKBONE.WIDTH = 8
-    rvos_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res4", "res5"]
-    backbone = build_backbone(rvos_cfg).eval()
+def test_tiny_video_backbone_mixes_frames(tiny_cfg):
+    tiny_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res4", "res5"]
+    backbone = build_backbone(tiny_cfg).eval()
     assert backbone.is_video
     clips = torch.randn(2, 3, 3, 64, 64)  # B x T x 3 x H x W
     with torch.no_grad():
@@ -63,18 +67,16 @@ def test_tiny_video_backbone_mixes_frames(rvos_cfg):
     torch.testing.assert_close(after_a["res5"][3:], after_b["res5"][3:])
     with pytest.raises(ValueError, match="B x T x 3 x H x W"):
         backbone(torch.randn(2, 3, 64, 64))
-    rvos_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res7"]
+    tiny_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res7"]
     with pytest.raises(ValueError, match="TEMPORAL_STAGES"):
-        build_backbone(rvos_cfg)
+        build_backbone(tiny_cfg)
 
 
-def test_tiny_video_backbone_starts_as_frame_backbone(rvos_cfg):
-    rvos_cfg.MODEL.BACKBONE.NAME = "build_tiny_backbone"
-    rvos_cfg.MODEL.TINY_BACKBONE.WIDTH = 8
+def test_tiny_video_backbone_starts_as_frame_backbone(tiny_cfg):
     torch.manual_seed(0)
-    frame_backbone = build_backbone(rvos_cfg).eval()
-    rvos_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res3", "res4", "res5"]
-    video_backbone = build_backbone(rvos_cfg).eval()
+    frame_backbone = build_backbone(tiny_cfg).eval()
+    tiny_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res3", "res4", "res5"]
+    video_backbone = build_backbone(tiny_cfg).eval()
     missing = video_backbone.load_state_dict(frame_backbone.state_dict(), strict=False)
     assert all(k.startswith("temporal.") for k in missing.missing_keys)
     clips = torch.randn(1, 4, 3, 64, 64)
