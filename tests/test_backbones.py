@@ -72,18 +72,28 @@ def test_tiny_video_backbone_mixes_frames(tiny_cfg):
         build_backbone(tiny_cfg)
 
 
-def test_tiny_video_backbone_starts_as_frame_backbone(tiny_cfg):
+@pytest.mark.parametrize("norm", ["BN", "GN", "", "FrozenBN"])
+def test_tiny_video_backbone_starts_as_frame_backbone(tiny_cfg, norm):
+    tiny_cfg.MODEL.TINY_BACKBONE.NORM = norm
+    tiny_cfg.MODEL.TINY_BACKBONE.WIDTH = 32 if norm == "GN" else 8  # GN: 32 groups
     torch.manual_seed(0)
     frame_backbone = build_backbone(tiny_cfg).eval()
     tiny_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res3", "res4", "res5"]
     video_backbone = build_backbone(tiny_cfg).eval()
     missing = video_backbone.load_state_dict(frame_backbone.state_dict(), strict=False)
     assert all(k.startswith("temporal.") for k in missing.missing_keys)
+    expected_norm = {"BN": torch.nn.BatchNorm2d, "GN": torch.nn.GroupNorm}.get(norm, type(None))
+    assert all(isinstance(b.norm, expected_norm) for b in video_backbone.temporal.values())
     clips = torch.randn(1, 4, 3, 64, 64)
     with torch.no_grad():
         video, frames = video_backbone(clips), frame_backbone(clips[0])
     for name in frames:
         torch.testing.assert_close(video[name], frames[name])
+    # the zero branch still learns: its parameters get gradients from the first step
+    video_backbone.train()
+    sum(v.square().sum() for v in video_backbone(clips).values()).backward()
+    for block in video_backbone.temporal.values():
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
 
 
 def test_resnet50_builds(rvos_cfg):

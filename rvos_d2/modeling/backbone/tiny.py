@@ -29,20 +29,30 @@ def _conv_norm_relu(in_ch: int, out_ch: int, stride: int, norm: str) -> Conv2d:
 
 class TemporalMixing(nn.Module):
     """Residual 3x3x3 convolution over (time, height, width) of a clip's per-frame maps, so
-    that a 2D stage's output can encode where things move; the branch starts at zero (its
-    BatchNorm scale is zero-initialised), i.e. the block starts as the identity."""
+    that a 2D stage's output can encode where things move. The branch starts at zero, i.e. the
+    block starts as the identity: its norm's scale is zero-initialised, or, without a trainable
+    norm ("" or "FrozenBN", whose fixed scale a new block cannot use), the conv weights are.
+    The norm is detectron2's `norm` applied to every frame, so BN statistics span the clip.
+    """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: str = "BN"):
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
-        self.norm = nn.BatchNorm3d(channels)
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.norm.weight)
+        trainable_norm = norm not in ("", "FrozenBN")
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1, bias=not trainable_norm)
+        self.norm = get_norm(norm, channels) if trainable_norm else None
+        if self.norm is None:
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+        else:
+            nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(self.norm.weight)
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
         """x: (B * T) x C x h x w, frames of each clip consecutive -> same shape."""
         clips = x.unflatten(0, (-1, num_frames)).transpose(1, 2)  # B x C x T x h x w
-        mixed = self.norm(self.conv(clips)).transpose(1, 2).flatten(0, 1)
+        mixed = self.conv(clips).transpose(1, 2).flatten(0, 1)
+        if self.norm is not None:
+            mixed = self.norm(mixed)
         return (x + mixed).relu()
 
 
@@ -84,7 +94,7 @@ class TinyConvBackbone(Backbone):
             )
             self.add_module(name, stage)
             if name in temporal_stages:
-                self.temporal[name] = TemporalMixing(out_ch)
+                self.temporal[name] = TemporalMixing(out_ch, norm)
             self._out_feature_channels[name] = out_ch
             self._out_feature_strides[name] = 2 ** (i + 2)
             in_ch = out_ch
