@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rvos_d2.data.mappers import RVOSDatasetMapper
+from rvos_d2.engine import RVOSCheckpointer
 from rvos_d2.evaluation import metrics
 from rvos_d2.modeling.heads.dynamic_mask_head import DynamicMaskHead, relative_coordinates
 from rvos_d2.modeling.meta_arch.referformer import ReferFormer
@@ -72,6 +73,22 @@ def test_training_step_gives_finite_losses_and_gradients(referformer_cfg):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     frozen = model.text_encoder.language_model
     assert all(p.grad is None for p in frozen.parameters())
+
+
+def test_checkpoint_leaves_out_the_frozen_language_model(referformer_cfg, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(referformer_cfg).eval()
+    RVOSCheckpointer(model, str(tmp_path)).save("model")
+    language_model = model.text_encoder.language_model.state_dict()
+    lm_bytes = sum(v.numel() * v.element_size() for v in language_model.values())
+    assert (tmp_path / "model.pth").stat().st_size < lm_bytes / 4
+    torch.manual_seed(1)
+    fresh = build_model(referformer_cfg).eval()
+    loader = RVOSCheckpointer(fresh)
+    incompatible = loader._load_model(loader._load_file(str(tmp_path / "model.pth")))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    video = _video(3)
+    torch.testing.assert_close(fresh([video])[0], model([video])[0])
 
 
 def test_training_rejects_clips_of_different_lengths(referformer_cfg):

@@ -131,3 +131,27 @@ def test_folder_without_model_names_the_key(tmp_path):
 def test_bad_pooling_raises():
     with pytest.raises(ValueError, match="POOLING"):
         TextEncoder(name="minilm", out_dim=OUT_DIM, pooling="max")
+
+
+def test_frozen_language_model_stays_out_of_the_state_dict():
+    torch.manual_seed(0)
+    frozen = TextEncoder(name="minilm", out_dim=OUT_DIM, cache_size=0).eval()
+    state = frozen.state_dict()
+    assert state and not any(k.startswith("language_model.") for k in state)
+    torch.manual_seed(1)
+    other = TextEncoder(name="minilm", out_dim=OUT_DIM, cache_size=0).eval()
+    other.load_state_dict(state)  # strict: the frozen weights come from the pretrained model
+    a, b = frozen(SENTENCES, "cpu"), other(SENTENCES, "cpu")
+    torch.testing.assert_close(a.word_feats, b.word_feats)
+    torch.testing.assert_close(a.sentence_feat, b.sentence_feat)
+
+
+def test_trained_language_model_is_saved():
+    enc = TextEncoder(name="minilm", out_dim=OUT_DIM, freeze=False)
+    state = enc.state_dict()
+    names = [k for k in state if k.startswith("language_model.")]
+    assert len(names) == len(enc.language_model.state_dict())
+    with torch.no_grad():
+        state[names[0]] = state[names[0]] + 1.0
+    enc.load_state_dict(state)  # saved language-model weights win over the pretrained ones
+    torch.testing.assert_close(enc.language_model.state_dict()[names[0][15:]], state[names[0]])

@@ -128,6 +128,8 @@ class TextEncoder(nn.Module):
         if freeze:
             self.language_model.requires_grad_(False)
             self.language_model.eval()
+            self.register_state_dict_post_hook(_drop_language_model)
+        self.register_load_state_dict_pre_hook(_complete_language_model)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, out_dim: int) -> dict:
@@ -201,6 +203,24 @@ class TextEncoder(nn.Module):
             word_mask=word_mask,
             sentence_feat=self.sentence_resizer(pooled),
         )
+
+
+LANGUAGE_MODEL_PREFIX = "language_model."
+
+
+def _drop_language_model(module: TextEncoder, state_dict: dict, prefix: str, _metadata) -> None:
+    """Leaves a frozen language model out of checkpoints: it is the pretrained model named by
+    MODEL.TEXT_ENCODER.NAME, loaded again when the model is built (about 90 MB for MiniLM,
+    500 MB for RoBERTa-base, in every checkpoint otherwise)."""
+    for key in [k for k in state_dict if k.startswith(prefix + LANGUAGE_MODEL_PREFIX)]:
+        del state_dict[key]
+
+
+def _complete_language_model(module: TextEncoder, state_dict: dict, prefix: str, *_args) -> None:
+    """Lets checkpoints saved without the frozen language model load strictly: entries they
+    lack are taken from the pretrained weights the module was built with (its current ones)."""
+    for key, value in module.language_model.state_dict().items():
+        state_dict.setdefault(prefix + LANGUAGE_MODEL_PREFIX + key, value)
 
 
 def build_text_encoder(cfg: CfgNode, out_dim: int) -> TextEncoder:
