@@ -10,6 +10,7 @@ from rvos_d2.modeling.transformer import (
     DeformableTransformerEncoder,
     PositionEmbeddingSine,
     inverse_sigmoid,
+    refine_boxes,
     valid_ratios,
 )
 
@@ -78,6 +79,22 @@ def test_helpers():
     torch.testing.assert_close(valid_ratios(mask), torch.tensor([[1.0, 1.0], [0.8, 0.75]]))
     with pytest.raises(ValueError, match="bool N x H x W"):
         valid_ratios(mask.float())
+
+
+def test_refine_boxes_moves_points_and_boxes_in_logit_space():
+    delta = torch.tensor([[0.0, 1.0, -2.0, 0.5]])
+    point = torch.tensor([[0.5, 0.25]])
+    box = torch.tensor([[0.5, 0.25, 0.2, 0.4]])
+    expected_point = torch.tensor([[0.5, (1.0 + inverse_sigmoid(torch.tensor(0.25))).sigmoid()]])
+    moved = refine_boxes(delta, point)  # a point gets its width and height from the delta
+    torch.testing.assert_close(moved[:, :2], expected_point)
+    torch.testing.assert_close(moved[:, 2:], delta[:, 2:].sigmoid())
+    torch.testing.assert_close(refine_boxes(torch.zeros(1, 4), box), box)
+    torch.testing.assert_close(
+        refine_boxes(delta, box), (inverse_sigmoid(box) + delta).sigmoid()
+    )
+    with pytest.raises(ValueError, match="4 values"):
+        refine_boxes(torch.zeros(1, 2), point)
 
 
 def test_encoder_outputs():
@@ -164,10 +181,7 @@ def test_every_parameter_gets_a_gradient():
     hs, refs = decode(decoder, enc, reference)
     # Boxes as a meta-architecture predicts them: from each layer's output and input reference.
     inputs = [reference, refs[0]]
-    boxes = [
-        (bbox_embed[i](hs[i])[..., :2] + inverse_sigmoid(inputs[i][..., :2])).sigmoid()
-        for i in range(2)
-    ]
+    boxes = [refine_boxes(bbox_embed[i](hs[i]), inputs[i]) for i in range(2)]
     loss = (hs * torch.randn_like(hs)).sum() + sum(b.square().sum() for b in boxes)
     loss.backward()
     for module_name, module in (("encoder", encoder), ("decoder", decoder)):

@@ -28,7 +28,7 @@ from rvos_d2.modeling.transformer import (
     DeformableTransformerDecoder,
     DeformableTransformerEncoder,
     PositionEmbeddingSine,
-    inverse_sigmoid,
+    refine_boxes,
 )
 
 from detectron2.config import configurable
@@ -234,13 +234,9 @@ class ReferFormer(nn.Module):
             query_pos,
             enc["mask_flatten"],
         )
-        boxes = []
-        for i, h in enumerate(hs):
-            reference = initial if i == 0 else refined[i - 1]
-            delta = self.decoder.bbox_embed[i](h)
-            d = reference.shape[-1]
-            moved = delta[..., :d] + inverse_sigmoid(reference)
-            boxes.append(torch.cat([moved, delta[..., d:]], dim=-1).sigmoid())
+        references = [initial, *refined[:-1]]
+        embeds = self.decoder.bbox_embed
+        boxes = [refine_boxes(embed(h), ref) for embed, h, ref in zip(embeds, hs, references)]
         return hs, torch.stack(boxes)
 
     def prepare_targets(self, batched_inputs, images: ImageList) -> list[dict[str, torch.Tensor]]:

@@ -10,7 +10,7 @@ from rvos_d2.modeling.transformer.encoder import (
     encoder_reference_points,
 )
 from rvos_d2.modeling.transformer.position_encoding import PositionEmbeddingSine
-from rvos_d2.modeling.transformer.utils import inverse_sigmoid, valid_ratios
+from rvos_d2.modeling.transformer.utils import inverse_sigmoid, refine_boxes, valid_ratios
 
 __all__ = [
     "DeformableTransformerDecoder",
@@ -20,5 +20,6 @@ __all__ = [
     "PositionEmbeddingSine",
     "encoder_reference_points",
     "inverse_sigmoid",
+    "refine_boxes",
     "valid_ratios",
 ]

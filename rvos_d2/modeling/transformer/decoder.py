@@ -6,11 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from rvos_d2.layers import MSDeformAttn
-from rvos_d2.modeling.transformer.utils import (
-    inverse_sigmoid,
-    reset_stack_parameters,
-    stack_kwargs,
-)
+from rvos_d2.modeling.transformer.utils import refine_boxes, reset_stack_parameters, stack_kwargs
 
 from detectron2.config import configurable
 
@@ -163,22 +159,11 @@ class DeformableTransformerDecoder(nn.Module):
                 memory_padding_mask,
             )
             if self.bbox_embed is not None:
-                reference_points = self._refine(self.bbox_embed[index](output), reference_points)
+                delta = self.bbox_embed[index](output)
+                reference_points = refine_boxes(delta, reference_points).detach()
             if self.return_intermediate:
                 hs.append(output)
                 references.append(reference_points)
         if not self.return_intermediate:
             return output[None], reference_points[None]
         return torch.stack(hs), torch.stack(references)
-
-    @staticmethod
-    def _refine(delta: Tensor, reference_points: Tensor) -> Tensor:
-        """Adds a 4-d box delta to a 2-d point or 4-d box in inverse-sigmoid space (detached)."""
-        if delta.shape[-1] != 4:
-            raise ValueError(
-                "DeformableTransformerDecoder: bbox_embed must output 4 values, got "
-                f"{delta.shape[-1]}"
-            )
-        dims = reference_points.shape[-1]
-        moved = delta[..., :dims] + inverse_sigmoid(reference_points)
-        return torch.cat([moved, delta[..., dims:]], dim=-1).sigmoid().detach()

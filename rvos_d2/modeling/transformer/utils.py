@@ -14,6 +14,16 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def refine_boxes(delta: Tensor, reference: Tensor) -> Tensor:
+    """Iterative box refinement: a predicted 4-d delta (cx, cy, w, h logits) moves a 2-d reference
+    point or 4-d reference box in inverse-sigmoid space; returns sigmoid cxcywh boxes."""
+    if delta.shape[-1] != 4:
+        raise ValueError(f"box deltas must have 4 values, got {delta.shape[-1]}")
+    dims = reference.shape[-1]
+    moved = delta[..., :dims] + inverse_sigmoid(reference)
+    return torch.cat([moved, delta[..., dims:]], dim=-1).sigmoid()
+
+
 def valid_ratios(mask: Tensor) -> Tensor:
     """Fraction of each map that is image, not padding, as N x 2 (width ratio, height ratio).
 
