@@ -18,7 +18,10 @@ def refine_boxes(delta: Tensor, reference: Tensor) -> Tensor:
     """Iterative box refinement: a predicted 4-d delta (cx, cy, w, h logits) moves a 2-d reference
     point or 4-d reference box in inverse-sigmoid space; returns sigmoid cxcywh boxes."""
     if delta.shape[-1] != 4:
-        raise ValueError(f"box deltas must have 4 values, got {delta.shape[-1]}")
+        raise ValueError(
+            f"refine_boxes: box deltas (bbox_embed outputs) must have 4 values, got "
+            f"{delta.shape[-1]}"
+        )
     dims = reference.shape[-1]
     moved = delta[..., :dims] + inverse_sigmoid(reference)
     return torch.cat([moved, delta[..., dims:]], dim=-1).sigmoid()
