@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from rvos_d2.modeling.text_encoder import TextEncoder, TextFeatures, build_text_encoder
+from rvos_d2.modeling.text_encoder import (
+    LANGUAGE_MODEL_PREFIX,
+    TextEncoder,
+    TextFeatures,
+    build_text_encoder,
+)
 
 OUT_DIM = 32
 SENTENCES = ["a man riding a brown horse", "the small dog on the left", "a cat"]
@@ -137,7 +142,7 @@ def test_frozen_language_model_stays_out_of_the_state_dict():
     torch.manual_seed(0)
     frozen = TextEncoder(name="minilm", out_dim=OUT_DIM, cache_size=0).eval()
     state = frozen.state_dict()
-    assert state and not any(k.startswith("language_model.") for k in state)
+    assert state and not any(k.startswith(LANGUAGE_MODEL_PREFIX) for k in state)
     torch.manual_seed(1)
     other = TextEncoder(name="minilm", out_dim=OUT_DIM, cache_size=0).eval()
     other.load_state_dict(state)  # strict: the frozen weights come from the pretrained model
@@ -149,9 +154,10 @@ def test_frozen_language_model_stays_out_of_the_state_dict():
 def test_trained_language_model_is_saved():
     enc = TextEncoder(name="minilm", out_dim=OUT_DIM, freeze=False)
     state = enc.state_dict()
-    names = [k for k in state if k.startswith("language_model.")]
+    names = [k for k in state if k.startswith(LANGUAGE_MODEL_PREFIX)]
     assert len(names) == len(enc.language_model.state_dict())
     with torch.no_grad():
         state[names[0]] = state[names[0]] + 1.0
     enc.load_state_dict(state)  # saved language-model weights win over the pretrained ones
-    torch.testing.assert_close(enc.language_model.state_dict()[names[0][15:]], state[names[0]])
+    reloaded = enc.language_model.state_dict()[names[0].removeprefix(LANGUAGE_MODEL_PREFIX)]
+    torch.testing.assert_close(reloaded, state[names[0]])
