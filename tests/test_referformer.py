@@ -66,6 +66,8 @@ def test_training_step_gives_finite_losses_and_gradients(referformer_cfg):
     num_layers = referformer_cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS
     names = ("loss_cls", "loss_bbox", "loss_giou", "loss_dice", "loss_mask")
     expected = set(names) | {f"{n}_{i}" for n in names for i in range(num_layers - 1)}
+    if referformer_cfg.MODEL.REFERFORMER.REFERENCE_SEARCH:
+        expected.add("loss_search")
     assert set(losses) == expected
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

@@ -20,6 +20,12 @@ from rvos_d2.modeling.heads.cross_modal_fpn import CrossModalFPN
 from rvos_d2.modeling.heads.dynamic_mask_head import DynamicMaskHead
 from rvos_d2.modeling.heads.input_projection import MultiScaleProjection
 from rvos_d2.modeling.heads.prediction import MLP
+from rvos_d2.modeling.heads.reference_search import (
+    TextGuidedReference,
+    memory_coordinates,
+    search_loss,
+    target_positions,
+)
 from rvos_d2.modeling.heads.vl_fusion import TextCrossAttention
 from rvos_d2.modeling.losses import downsample_masks
 from rvos_d2.modeling.matcher import MatchCostWeights
@@ -47,6 +53,10 @@ class ReferFormer(nn.Module):
     Early vision-language fusion: before the encoder, each projected visual map is multiplied
     element-wise by the word features that each of its positions attends to (cross-attention
     from pixels to the expression's words), i.e. by a per-position text feature.
+
+    With `reference_search`, the queries' initial reference points come from attention over the
+    encoder memory (TextGuidedReference) instead of from their position embedding, trained with
+    an extra loss "loss_search" (weight `search_weight`) that puts the attention on the target.
     """
 
     @configurable
@@ -67,6 +77,8 @@ class ReferFormer(nn.Module):
         pixel_mean: tuple[float, ...],
         pixel_std: tuple[float, ...],
         test_window: int,
+        reference_search: bool = False,
+        search_weight: float = 1.0,
     ):
         super().__init__()
         shapes = sorted(backbone.output_shape().items(), key=lambda kv: kv[1].stride)
@@ -93,9 +105,14 @@ class ReferFormer(nn.Module):
         self.early_fusion = TextCrossAttention(hidden, num_heads)
         self.position = PositionEmbeddingSine(hidden // 2, normalize=True)
         self.query_embed = nn.Embedding(num_queries, hidden)
-        self.reference_points = nn.Linear(hidden, 2)
-        nn.init.xavier_uniform_(self.reference_points.weight)
-        nn.init.zeros_(self.reference_points.bias)
+        self.search_weight = search_weight
+        if reference_search:
+            self.reference_search = TextGuidedReference(hidden)
+        else:
+            self.reference_search = None
+            self.reference_points = nn.Linear(hidden, 2)
+            nn.init.xavier_uniform_(self.reference_points.weight)
+            nn.init.zeros_(self.reference_points.bias)
 
         num_layers = len(decoder.layers)
         self.class_embed = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(num_layers))
@@ -144,6 +161,8 @@ class ReferFormer(nn.Module):
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "test_window": cfg.TEST.WINDOW,
+            "reference_search": rf.REFERENCE_SEARCH,
+            "search_weight": rf.SEARCH_WEIGHT,
         }
 
     @property
@@ -160,7 +179,16 @@ class ReferFormer(nn.Module):
         images = self.preprocess([x["image"] for x in batched_inputs])
         text = self.text_encoder([x["expression"] for x in batched_inputs], self.device)
         outputs = self.predict(images, text, lengths.pop(), all_layers=True)
-        return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
+        targets = self.prepare_targets(batched_inputs, images)
+        losses = self.criterion(outputs, targets)
+        if self.reference_search is not None:
+            on_target = target_positions(
+                torch.cat([t["masks"][0] for t in targets]), outputs["search_shapes"]
+            )
+            visible = torch.cat([t["valid"][0] & t["annotated"] for t in targets])
+            attention = outputs["search_attention"]
+            losses["loss_search"] = self.search_weight * search_loss(attention, on_target, visible)
+        return losses
 
     def preprocess(self, videos: list[torch.Tensor]) -> ImageList:
         """Normalises uint8 RGB frames (videos of T x 3 x H x W) and pads them all to one size."""
@@ -188,7 +216,9 @@ class ReferFormer(nn.Module):
         srcs = [self._fuse_early(s, words, word_mask) for s in srcs]
         enc = self.encoder(srcs, masks, pos)
 
-        hs, boxes = self._decode(enc, text.sentence_feat.repeat_interleave(num_frames, 0))
+        hs, boxes, search = self._decode(
+            enc, pos, text.sentence_feat.repeat_interleave(num_frames, 0)
+        )
         logits = torch.stack([head(h).squeeze(-1) for head, h in zip(self.class_embed, hs)])
 
         mask_level = features[self.mask_feature_name]
@@ -210,20 +240,37 @@ class ReferFormer(nn.Module):
                     "pred_masks": pred_masks.unflatten(0, (-1, num_frames)),
                 }
             )
-        return {**per_layer[-1], "aux_outputs": per_layer[:-1]}
+        outputs = {**per_layer[-1], "aux_outputs": per_layer[:-1]}
+        if search is not None:
+            outputs.update(search_attention=search, search_shapes=enc["spatial_shapes"])
+        return outputs
 
     def _fuse_early(self, src, words, word_mask):
         flat = src.flatten(2).transpose(1, 2)
         fused = flat * self.early_fusion(flat, words, word_mask)
         return fused.transpose(1, 2).reshape(src.shape)
 
-    def _decode(self, enc: dict[str, torch.Tensor], sentence: torch.Tensor):
-        """Runs the decoder on the conditional queries; returns hidden states and per-layer
-        boxes (L x F x N x 4), each predicted relative to the reference that layer used."""
+    def _decode(
+        self, enc: dict[str, torch.Tensor], pos: list[torch.Tensor], sentence: torch.Tensor
+    ):
+        """Runs the decoder on the conditional queries; returns hidden states, per-layer boxes
+        (L x F x N x 4), each predicted relative to the reference that layer used, and the
+        reference search's attention (F x N x S; None without the search)."""
         n = sentence.shape[0]
         query_pos = self.query_embed.weight[None].expand(n, -1, -1)
         tgt = sentence[:, None].expand(-1, self.num_queries, -1).contiguous()
-        initial = self.reference_points(query_pos).sigmoid()
+        search = None
+        if self.reference_search is None:
+            initial = self.reference_points(query_pos).sigmoid()
+        else:
+            initial, search = self.reference_search(
+                tgt,
+                query_pos,
+                enc["memory"],
+                torch.cat([p.flatten(2).transpose(1, 2) for p in pos], dim=1),
+                memory_coordinates(enc["spatial_shapes"], enc["valid_ratios"]),
+                enc["mask_flatten"],
+            )
         hs, refined = self.decoder(
             tgt,
             initial,
@@ -237,7 +284,7 @@ class ReferFormer(nn.Module):
         references = [initial, *refined[:-1]]
         embeds = self.decoder.bbox_embed
         boxes = [refine_boxes(embed(h), ref) for embed, h, ref in zip(embeds, hs, references)]
-        return hs, torch.stack(boxes)
+        return hs, torch.stack(boxes), search
 
     def prepare_targets(self, batched_inputs, images: ImageList) -> list[dict[str, torch.Tensor]]:
         """Per video: valid 1 x T, boxes 1 x T x 4 (cxcywh, normalised), masks 1 x T x h x w

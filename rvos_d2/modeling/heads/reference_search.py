@@ -1,0 +1,80 @@
+"""Text-guided initial reference points for the conditional queries.
+
+The paper's queries start from reference points predicted from their learned position embedding
+alone, so the first deformable layer samples the same places in every frame whatever the video
+shows. Here each query instead attends over every position of the (text-fused) encoder memory,
+keys carrying their position embedding, and starts at the attention-weighted mean of the
+positions: where the expression matches. `search_loss` supervises that attention directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def memory_coordinates(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+    """(x, y) centre of every flattened memory position as F x S x 2, normalised by each frame's
+    unpadded extent like the decoder's reference points (padding positions fall beyond 1)."""
+    coords = []
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=valid_ratios.device, dtype=valid_ratios.dtype) + 0.5,
+            torch.arange(w, device=valid_ratios.device, dtype=valid_ratios.dtype) + 0.5,
+            indexing="ij",
+        )
+        grid = torch.stack([xs.flatten() / w, ys.flatten() / h], dim=-1)  # S_l x 2
+        coords.append(grid[None] / valid_ratios[:, None, level])
+    return torch.cat(coords, dim=1)
+
+
+class TextGuidedReference(nn.Module):
+    """Scaled dot-product attention from each query (content + position) to all memory
+    positions (memory + position embedding); returns the expected position under it."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query_proj = nn.Linear(dim, dim)
+        self.key_proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
+        coordinates: Tensor,
+        padding: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """query, query_pos: F x N x C; memory, memory_pos: F x S x C; coordinates: F x S x 2;
+        padding: F x S (True = padding). Returns reference points F x N x 2 in [0, 1] and the
+        attention F x N x S (zero on padding)."""
+        q = self.query_proj(query + query_pos)
+        k = self.key_proj(memory + memory_pos)
+        logits = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])
+        attention = logits.masked_fill(padding[:, None], float("-inf")).softmax(dim=-1)
+        points = attention @ coordinates.clamp(0.0, 1.0)
+        return points, attention
+
+
+def target_positions(masks: Tensor, spatial_shapes: Tensor, min_cover: float = 0.25) -> Tensor:
+    """F x S bool: memory positions whose cell holds part of the target, from F x h x w target
+    masks (area fractions on the padded frame at a finer stride) and the levels' shapes."""
+    cells = [
+        F.adaptive_max_pool2d(masks[:, None].float(), (h, w))[:, 0].flatten(1) >= min_cover
+        for h, w in spatial_shapes.tolist()
+    ]
+    return torch.cat(cells, dim=1)
+
+
+def search_loss(attention: Tensor, on_target: Tensor, visible: Tensor) -> Tensor:
+    """Mean over frames where the target is visible of -log(attention mass on the target), for
+    the query that puts the most mass there. attention F x N x S, on_target F x S, visible F."""
+    mass = (attention * on_target[:, None].to(attention.dtype)).sum(dim=-1).amax(dim=1)
+    per_frame = -mass.clamp(min=1e-6).log()
+    if not visible.any():
+        return per_frame.sum() * 0.0
+    return per_frame[visible].mean()

@@ -1,0 +1,104 @@
+"""Text-guided initial reference points: attention over the memory, its loss, and ReferFormer."""
+
+import math
+
+import torch
+
+from rvos_d2.modeling.heads.reference_search import (
+    TextGuidedReference,
+    memory_coordinates,
+    search_loss,
+    target_positions,
+)
+from tests.fixtures.model import make_clip
+
+from detectron2.modeling import build_model
+
+
+def test_memory_coordinates_are_cell_centres_of_the_unpadded_frame():
+    shapes = torch.tensor([[2, 4], [1, 2]])
+    ratios = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.5, 1.0], [0.5, 1.0]]])
+    coords = memory_coordinates(shapes, ratios)
+    assert coords.shape == (2, 10, 2)
+    torch.testing.assert_close(coords[0, :4, 0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    torch.testing.assert_close(coords[0, [0, 4], 1], torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(coords[0, 8:], torch.tensor([[0.25, 0.5], [0.75, 0.5]]))
+    # half of the second frame is padding: its image spans the first two columns of level 0
+    torch.testing.assert_close(coords[1, :2, 0], torch.tensor([0.25, 0.75]))
+    assert (coords[1, 2:4, 0] > 1).all()
+
+
+def test_reference_is_the_attention_weighted_position_and_ignores_padding():
+    torch.manual_seed(0)
+    search = TextGuidedReference(8)
+    memory = torch.randn(2, 5, 8)
+    coords = torch.rand(2, 5, 2)
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    points, attention = search(
+        torch.randn(2, 3, 8), torch.randn(2, 3, 8), memory, torch.randn(2, 5, 8), coords, padding
+    )
+    assert points.shape == (2, 3, 2) and attention.shape == (2, 3, 5)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 3))
+    assert (attention[1, :, 3:] == 0).all()
+    torch.testing.assert_close(points, attention @ coords)
+
+
+def test_a_matching_key_pulls_the_reference_onto_its_position():
+    search = TextGuidedReference(4)
+    with torch.no_grad():  # identity projections: logits are plain dot products
+        for proj in (search.query_proj, search.key_proj):
+            proj.weight.copy_(torch.eye(4) * 4)
+            proj.bias.zero_()
+    query = torch.tensor([[[1.0, 0, 0, 0]]])
+    memory = torch.tensor([[[0.0, 1, 0, 0], [1.0, 0, 0, 0], [0.0, 0, 1, 0]]])
+    coords = torch.tensor([[[0.1, 0.1], [0.8, 0.3], [0.5, 0.9]]])
+    points, _ = search(
+        query, torch.zeros_like(query), memory, torch.zeros_like(memory), coords,
+        torch.zeros(1, 3, dtype=torch.bool),
+    )
+    torch.testing.assert_close(points[0, 0], torch.tensor([0.8, 0.3]), atol=0.02, rtol=0)
+
+
+def test_target_positions_mark_the_cells_that_hold_the_target():
+    masks = torch.zeros(1, 8, 8)
+    masks[0, 0:2, 6:8] = 1.0  # top-right corner at stride 4 of a 32 x 32 frame
+    on = target_positions(masks, torch.tensor([[4, 4], [2, 2], [1, 1]]))
+    assert on.shape == (1, 21)
+    assert on[0, :16].nonzero().flatten().tolist() == [3]
+    assert on[0, 16:20].tolist() == [False, True, False, False]
+    assert on[0, 20]
+
+
+def test_search_loss_is_the_negative_log_mass_on_the_target_of_the_best_query():
+    attention = torch.tensor([[[0.5, 0.5, 0.0], [0.1, 0.1, 0.8]], [[1 / 3, 1 / 3, 1 / 3]] * 2])
+    on_target = torch.tensor([[False, False, True], [True, False, False]])
+    loss = search_loss(attention, on_target, torch.tensor([True, True]))
+    torch.testing.assert_close(loss, torch.tensor((-math.log(0.8) + math.log(3)) / 2))
+    only_first = search_loss(attention, on_target, torch.tensor([True, False]))
+    torch.testing.assert_close(only_first, torch.tensor(-math.log(0.8)))
+    assert search_loss(attention, on_target, torch.tensor([False, False])) == 0
+
+
+def test_referformer_with_reference_search_trains_the_search(referformer_cfg):
+    referformer_cfg.MODEL.REFERFORMER.REFERENCE_SEARCH = True
+    referformer_cfg.MODEL.REFERFORMER.SEARCH_WEIGHT = 2.0
+    torch.manual_seed(0)
+    model = build_model(referformer_cfg).train()
+    assert not hasattr(model, "reference_points")  # no unused learned reference points
+    losses = model([make_clip(3, 64, 64, absent=(2,)), make_clip(3, 48, 80)])
+    assert "loss_search" in losses and torch.isfinite(losses["loss_search"])
+    assert losses["loss_search"] > 0
+    sum(losses.values()).backward()
+    for p in model.reference_search.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    model.eval()
+    out = model([make_clip(4, 64, 64)])[0]
+    assert out["pred_masks"].shape == (4, 64, 64)
+
+
+def test_referformer_without_reference_search_has_no_search_loss(referformer_cfg):
+    referformer_cfg.MODEL.REFERFORMER.REFERENCE_SEARCH = False
+    torch.manual_seed(0)
+    model = build_model(referformer_cfg).train()
+    assert model.reference_search is None
+    assert "loss_search" not in model([make_clip(3, 64, 64)])
