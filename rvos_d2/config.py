@@ -59,6 +59,7 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.TINY_BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4..32
     # stages followed by a residual 3x3x3 conv across the clip's frames (makes it a video backbone)
     cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = []
+    cfg.MODEL.TINY_BACKBONE.FREEZE = False  # keep every weight fixed (a pretrained backbone)
 
     cfg.MODEL.SWIN = CN()  # build_swin_backbone: Swin Transformer on single frames (Swin-T here)
     cfg.MODEL.SWIN.EMBED_DIM = 96  # width C of res2 (T/S 96, B 128, L 192); doubled per stage

@@ -47,6 +47,17 @@ def test_tiny_backbone_subset_of_features(rvos_cfg):
         build_backbone(rvos_cfg)
 
 
+def test_frozen_tiny_backbone_trains_no_weight(tiny_cfg):
+    tiny_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res2"]
+    tiny_cfg.MODEL.TINY_BACKBONE.FREEZE = True
+    backbone = build_backbone(tiny_cfg).train()
+    assert not any(p.requires_grad for p in backbone.parameters())
+    outputs = backbone(torch.randn(2, 3, 3, 32, 32))
+    assert not any(o.requires_grad for o in outputs.values())  # nothing to backpropagate into
+    tiny_cfg.MODEL.TINY_BACKBONE.FREEZE = False
+    assert all(p.requires_grad for p in build_backbone(tiny_cfg).parameters())
+
+
 def test_tiny_video_backbone_mixes_frames(tiny_cfg):
     tiny_cfg.MODEL.TINY_BACKBONE.TEMPORAL_STAGES = ["res4", "res5"]
     backbone = build_backbone(tiny_cfg).eval()

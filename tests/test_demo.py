@@ -39,7 +39,7 @@ def frame_folder(synth_root) -> Path:
 
 def _run_demo(demo, video, text, output, *extra):
     argv = ["--config-file", str(TINY_CONFIG), "--video", str(video), "--text", text,
-            "--output", str(output), "--opts", *SMALL_MODEL, *extra]
+            "--output", str(output), "--opts", *SMALL_MODEL, "MODEL.WEIGHTS", "", *extra]
     return demo.main(argv)
 
 
@@ -87,9 +87,13 @@ def test_main_job_prints_metrics_json_last(synth_root, tmp_path, monkeypatch, ca
     os.symlink(synth_root, datasets / "rvos_synth")
     monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets))
     job = _load_tool("run_main_job")
+    backbone = tmp_path / "backbone" / "attributes.pth"
     opts = [*SMALL_MODEL, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-            "DATALOADER.NUM_WORKERS", "0", "INPUT.SAMPLING_FRAME_NUM", "2"]
-    assert job.main(["--output-dir", str(tmp_path / "out"), *opts]) == 0
+            "DATALOADER.NUM_WORKERS", "0", "INPUT.SAMPLING_FRAME_NUM", "2",
+            "MODEL.WEIGHTS", str(backbone)]
+    args = ["--output-dir", str(tmp_path / "out"), "--pretrain-iterations", "2", *opts]
+    assert job.main(args) == 0
+    assert backbone.exists()  # pretrained first, since it was missing
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary) == {"rvos_synth_valid", "rvos_synth_valid_motion", "seconds"}
     for split in ("rvos_synth_valid", "rvos_synth_valid_motion"):

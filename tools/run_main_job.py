@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """The embedded default job behind `make demo`: synthetic data -> train -> evaluate -> overlay.
 
-Generates the synthetic RVOS dataset under $DETECTRON2_DATASETS/rvos_synth when absent, trains
-configs/Synthetic/ReferFormer-tiny.yaml on the CPU (resuming an interrupted run), evaluates the
+Generates the synthetic RVOS dataset under $DETECTRON2_DATASETS/rvos_synth when absent,
+pretrains the backbone named by MODEL.WEIGHTS when that file is absent (tools/pretrain_backbone.py
+on the training videos' object attributes), trains configs/Synthetic/ReferFormer-tiny.yaml on the
+CPU (resuming an interrupted run), evaluates the
 valid splits, writes an overlay video of one validation video, and prints as its last line one
 JSON object: {"rvos_synth_valid": {"J", "F", "JF"}, "rvos_synth_valid_motion": {...}, "seconds"}.
 """
@@ -33,6 +35,7 @@ from detectron2.engine import default_setup
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "Synthetic" / "ReferFormer-tiny.yaml"
 SPLITS = ("rvos_synth_valid", "rvos_synth_valid_motion")
+PRETRAIN_ATTRIBUTES = "category,colour,size,motion"  # object fields of the synthetic meta.json
 
 
 def ensure_synthetic_dataset() -> Path:
@@ -43,6 +46,21 @@ def ensure_synthetic_dataset() -> Path:
         subprocess.run([sys.executable, str(script), "--output", str(root), "--overwrite"],
                        check=True)
     return root
+
+
+def ensure_pretrained_backbone(
+    cfg: CfgNode, config_file: Path, iterations: int, opts: list[str]
+) -> None:
+    """Writes MODEL.WEIGHTS with tools/pretrain_backbone.py when it names a missing file."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or Path(weights).exists():
+        return
+    script = ROOT / "tools" / "pretrain_backbone.py"
+    subprocess.run(
+        [sys.executable, str(script), "--config-file", str(config_file), "--attributes",
+         PRETRAIN_ATTRIBUTES, "--iterations", str(iterations), "--output", weights, *opts],
+        check=True,
+    )
 
 
 def build_cfg(config_file: Path, output_dir: Path, opts: list[str]) -> CfgNode:
@@ -73,12 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "output" / "main_job")
     parser.add_argument("--from-scratch", action="store_true",
                         help="ignore checkpoints of an earlier run in --output-dir")
+    parser.add_argument("--pretrain-iterations", type=int, default=600,
+                        help="backbone pretraining iterations when MODEL.WEIGHTS is missing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     ensure_synthetic_dataset()
     cfg = build_cfg(args.config_file, args.output_dir, args.opts)
+    ensure_pretrained_backbone(cfg, args.config_file, args.pretrain_iterations, args.opts)
     default_setup(cfg, argparse.Namespace(config_file=str(args.config_file), eval_only=False))
     trainer = RVOSTrainer(cfg)
     trainer.resume_or_load(resume=not args.from_scratch)

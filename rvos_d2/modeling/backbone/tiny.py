@@ -63,6 +63,9 @@ class TinyConvBackbone(Backbone):
     With `temporal_stages`, it is a video backbone (B x T x 3 x H x W clips in, `is_video`):
     each named stage is followed by a TemporalMixing block, a (2+1)D design in the spirit of
     the paper's Video-Swin option at a fraction of its cost. Outputs are (B * T) x C x h x w.
+
+    With `freeze`, no weight is trained (a pretrained backbone kept as it is); the norms still
+    normalise with the statistics of each training batch, as without it.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class TinyConvBackbone(Backbone):
         out_features: list[str],
         norm: str = "BN",
         temporal_stages: Sequence[str] = (),
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         unknown = (set(out_features) | set(temporal_stages)) - set(STAGE_NAMES)
@@ -99,6 +103,8 @@ class TinyConvBackbone(Backbone):
             self._out_feature_strides[name] = 2 ** (i + 2)
             in_ch = out_ch
         self.is_video = bool(temporal_stages)
+        if freeze:
+            self.requires_grad_(False)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         expected = 5 if self.is_video else 4
@@ -128,4 +134,5 @@ def build_tiny_backbone(cfg, input_shape: ShapeSpec) -> TinyConvBackbone:
         out_features=list(tc.OUT_FEATURES),
         norm=tc.NORM,
         temporal_stages=list(tc.TEMPORAL_STAGES),
+        freeze=tc.FREEZE,
     )

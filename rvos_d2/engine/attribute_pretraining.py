@@ -1,0 +1,249 @@
+"""Dense attribute pretraining of a backbone, for backbones trained from scratch.
+
+The backbone learns to classify, at every pixel, the attributes recorded for each object in a
+Ref-YouTube-VOS style ``<split>/meta.json`` (``{"videos": {vid: {"objects": {obj_id:
+{"category": str, ...}}}}}``; the synthetic dataset also records "colour", "size" and
+"motion"). The object-id maps of ``Annotations/`` give each pixel its object, and so its
+attribute values. It stands in for the ImageNet / Kinetics pretraining that such backbones lack;
+the result is saved with `backbone_checkpoint` and loaded through MODEL.WEIGHTS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
+
+__all__ = [
+    "AttributeVideos",
+    "DenseAttributeHead",
+    "backbone_checkpoint",
+    "load_attribute_videos",
+    "pretrain_backbone",
+]
+
+LABEL_STRIDE = 4
+BACKGROUND_WEIGHT = 0.1
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AttributeVideos:
+    """Frames and per-pixel attribute labels of the videos of one split.
+
+    frames[i]: uint8 T x 3 x S x S (RGB); labels[i]: int64 T x A x S/4 x S/4, 0 for background
+    and k + 1 for the k-th value of ``vocab[attributes[a]]``.
+    """
+
+    attributes: list[str]
+    vocab: dict[str, list[str]]
+    video_ids: list[str]
+    frames: list[Tensor]
+    labels: list[Tensor]
+
+
+def load_attribute_videos(split_dir: Path, attributes: Sequence[str], size: int) -> AttributeVideos:
+    """Reads every video of `split_dir` at `size` x `size` with labels for `attributes`."""
+    split_dir = Path(split_dir)
+    attributes = list(attributes)
+    if not attributes:
+        raise ValueError("no attributes requested")
+    if size % LABEL_STRIDE or size <= 0:
+        raise ValueError(f"size {size}: expected a positive multiple of {LABEL_STRIDE}")
+    meta_file = split_dir / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file} not found")
+    videos = json.loads(meta_file.read_text()).get("videos")
+    if not videos:
+        raise ValueError(f"{meta_file}: no videos under the 'videos' key")
+    for vid, video in videos.items():
+        for obj_id, obj in video.get("objects", {}).items():
+            for name in attributes:
+                if name not in obj:
+                    raise ValueError(
+                        f"{meta_file}: video {vid!r} object {obj_id!r} has no attribute {name!r}"
+                    )
+    vocab = {
+        name: sorted(
+            {str(obj[name]) for v in videos.values() for obj in v.get("objects", {}).values()}
+        )
+        for name in attributes
+    }
+    label_size = size // LABEL_STRIDE
+    frames, labels = [], []
+    for vid, video in videos.items():
+        objects = video.get("objects", {})
+        lut = np.zeros((len(attributes), max([255, *map(int, objects)]) + 1), np.int64)
+        for obj_id, obj in objects.items():
+            for a, name in enumerate(attributes):
+                lut[a, int(obj_id)] = vocab[name].index(str(obj[name])) + 1
+        image_files = sorted((split_dir / "JPEGImages" / vid).glob("*.jpg"))
+        if not image_files:
+            raise FileNotFoundError(f"{split_dir / 'JPEGImages' / vid}: no .jpg frames")
+        images, id_maps = [], []
+        for image_file in image_files:
+            ann_file = split_dir / "Annotations" / vid / f"{image_file.stem}.png"
+            if not ann_file.is_file():
+                raise FileNotFoundError(f"{ann_file} not found (annotation of {image_file})")
+            with Image.open(image_file) as img:
+                images.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)))
+            with Image.open(ann_file) as ann:
+                ids = ann.resize((label_size, label_size), Image.NEAREST)
+                id_maps.append(np.asarray(ids, dtype=np.int64))
+        ids = np.stack(id_maps)  # T x h x w
+        frames.append(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
+        labels.append(torch.from_numpy(np.stack([lut[a][ids] for a in range(len(attributes))], 1)))
+    return AttributeVideos(attributes, vocab, list(videos), frames, labels)
+
+
+class DenseAttributeHead(nn.Module):
+    """Fuses the backbone's maps at stride 4 and classifies every pixel for each attribute."""
+
+    def __init__(
+        self, input_shape: dict[str, ShapeSpec], num_classes: dict[str, int], width: int = 32
+    ) -> None:
+        super().__init__()
+        self.in_features = sorted(input_shape, key=lambda name: input_shape[name].stride)
+        finest = self.in_features[0]
+        if input_shape[finest].stride != LABEL_STRIDE:
+            raise ValueError(
+                f"the finest backbone output {finest!r} has stride {input_shape[finest].stride}; "
+                f"dense attribute pretraining needs a stride-{LABEL_STRIDE} output"
+            )
+        self.lateral = nn.ModuleDict(
+            {name: nn.Conv2d(input_shape[name].channels, width, 1) for name in self.in_features}
+        )
+        self.classifiers = nn.ModuleDict(
+            {name: nn.Conv2d(width, n, 1) for name, n in num_classes.items()}
+        )
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Maps N x C x h x w features to N x classes x h4 x w4 logits per attribute."""
+        size = features[self.in_features[0]].shape[-2:]
+        fused = sum(
+            F.interpolate(self.lateral[name](features[name]), size=size, mode="bilinear")
+            for name in self.in_features
+        ).relu()
+        return {name: classifier(fused) for name, classifier in self.classifiers.items()}
+
+
+def _sample_batch(
+    videos: AttributeVideos,
+    rng: np.random.Generator,
+    clips: int,
+    frames_per_clip: int,
+    flip: bool,
+) -> tuple[Tensor, Tensor]:
+    """Clips of consecutive frames (clips x T x 3 x S x S), labels (clips * T) x A x h x w."""
+    xs, ys = [], []
+    for _ in range(clips):
+        i = rng.integers(len(videos.frames))
+        length = videos.frames[i].shape[0]
+        if length < frames_per_clip:
+            raise ValueError(
+                f"video {videos.video_ids[i]!r} has {length} frames, fewer than "
+                f"frames_per_clip={frames_per_clip}"
+            )
+        start = rng.integers(length - frames_per_clip + 1)
+        x = videos.frames[i][start : start + frames_per_clip]
+        y = videos.labels[i][start : start + frames_per_clip]
+        if flip and rng.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.cat(ys)
+
+
+def pretrain_backbone(
+    backbone: Backbone,
+    videos: AttributeVideos,
+    *,
+    iterations: int,
+    clips_per_batch: int,
+    frames_per_clip: int,
+    lr: float,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
+    seed: int = 0,
+    log_period: int = 50,
+) -> list[dict]:
+    """Trains every weight of `backbone` (in place) with a DenseAttributeHead; returns the log.
+
+    A video backbone (``backbone.is_video``) gets clips of `frames_per_clip` consecutive frames,
+    an image backbone single frames. Frames are flipped horizontally at random unless "motion"
+    is an attribute (a flip would swap left and right motion). Log entries hold the iteration,
+    the loss and, per attribute, the pixel accuracy on foreground (None without foreground).
+    """
+    counts = {
+        "iterations": iterations,
+        "clips_per_batch": clips_per_batch,
+        "frames_per_clip": frames_per_clip,
+        "log_period": log_period,
+    }
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name}={value}: expected at least 1")
+    backbone.requires_grad_(True)  # trained here even when its config keeps it frozen later
+    device = next(backbone.parameters()).device
+    is_video = getattr(backbone, "is_video", False)
+    num_classes = {name: len(videos.vocab[name]) + 1 for name in videos.attributes}
+    head = DenseAttributeHead(backbone.output_shape(), num_classes).to(device)
+    optimizer = torch.optim.AdamW(
+        [*backbone.parameters(), *head.parameters()], lr=lr, weight_decay=1e-4
+    )
+    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.tensor(pixel_std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    class_weights = {}
+    for name, n in num_classes.items():
+        class_weights[name] = torch.ones(n, device=device)
+        class_weights[name][0] = BACKGROUND_WEIGHT
+    rng = np.random.default_rng(seed)
+    flip = "motion" not in videos.attributes
+    frames_per_clip = frames_per_clip if is_video else 1
+    backbone.train()
+    head.train()
+    log = []
+    for iteration in range(1, iterations + 1):
+        x, y = _sample_batch(videos, rng, clips_per_batch, frames_per_clip, flip)
+        x = (x.to(device).float() - mean) / std
+        y = y.to(device)
+        logits = head(backbone(x if is_video else x.flatten(0, 1)))
+        loss = sum(
+            F.cross_entropy(logits[name], y[:, a], weight=class_weights[name])
+            for a, name in enumerate(videos.attributes)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if iteration % log_period == 0 or iteration == iterations:
+            entry = {"iteration": iteration, "loss": loss.item(), "fg_accuracy": {}}
+            for a, name in enumerate(videos.attributes):
+                foreground = y[:, a] > 0
+                correct = logits[name].detach().argmax(1) == y[:, a]
+                accuracy = correct[foreground].float().mean().item() if foreground.any() else None
+                entry["fg_accuracy"][name] = accuracy
+            log.append(entry)
+            logger.info(
+                "iter %d loss %.3f fg accuracy %s",
+                iteration,
+                entry["loss"],
+                {k: None if v is None else round(v, 3) for k, v in entry["fg_accuracy"].items()},
+            )
+    return log
+
+
+def backbone_checkpoint(backbone: nn.Module) -> dict:
+    """The backbone's weights under "backbone.", as MODEL.WEIGHTS loads into a meta-arch."""
+    return {"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
