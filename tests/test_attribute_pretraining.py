@@ -44,6 +44,13 @@ def _backbone() -> TinyConvBackbone:
     )
 
 
+def _pretrain(backbone, videos, iterations, **overrides):
+    """pretrain_backbone with the test defaults (2 clips of 2 frames at lr 1e-3)."""
+    kwargs = dict(clips_per_batch=2, frames_per_clip=2, lr=1e-3, pixel_mean=PIXEL_MEAN,
+                  pixel_std=PIXEL_STD)
+    return pretrain_backbone(backbone, videos, iterations=iterations, **{**kwargs, **overrides})
+
+
 def test_labels_follow_annotations_and_meta(synth_train):
     split = synth_train / "train"
     videos = load_attribute_videos(split, ATTRIBUTES, SIZE)
@@ -91,17 +98,8 @@ def test_pretraining_reduces_the_loss(synth_train):
     torch.manual_seed(0)
     videos = load_attribute_videos(synth_train / "train", ATTRIBUTES, SIZE)
     backbone = _backbone()
-    log = pretrain_backbone(
-        backbone,
-        videos,
-        iterations=30,
-        clips_per_batch=4,
-        frames_per_clip=3,
-        lr=3e-3,
-        pixel_mean=PIXEL_MEAN,
-        pixel_std=PIXEL_STD,
-        log_period=1,
-    )
+    log = _pretrain(backbone, videos, 30, clips_per_batch=4, frames_per_clip=3, lr=3e-3,
+                    log_period=1)
     assert [e["iteration"] for e in log] == list(range(1, 31))
     for entry in log:
         assert set(entry["fg_accuracy"]) == set(ATTRIBUTES)
@@ -114,16 +112,7 @@ def test_pretraining_reduces_the_loss(synth_train):
 def test_checkpoint_loads_into_a_meta_architecture(synth_train):
     videos = load_attribute_videos(synth_train / "train", ["category"], SIZE)
     trained = _backbone()
-    pretrain_backbone(
-        trained,
-        videos,
-        iterations=2,
-        clips_per_batch=2,
-        frames_per_clip=2,
-        lr=1e-3,
-        pixel_mean=PIXEL_MEAN,
-        pixel_std=PIXEL_STD,
-    )
+    _pretrain(trained, videos, 2)
     checkpoint = backbone_checkpoint(trained)
     model = nn.Module()
     model.backbone = _backbone()
@@ -162,14 +151,5 @@ def test_pretraining_trains_a_backbone_built_frozen(synth_train):
     videos = load_attribute_videos(synth_train / "train", ["category"], SIZE)
     backbone = TinyConvBackbone(8, ["res2", "res3", "res4", "res5"], freeze=True)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    pretrain_backbone(
-        backbone,
-        videos,
-        iterations=2,
-        clips_per_batch=2,
-        frames_per_clip=1,
-        lr=1e-3,
-        pixel_mean=PIXEL_MEAN,
-        pixel_std=PIXEL_STD,
-    )
+    _pretrain(backbone, videos, 2, frames_per_clip=1)
     assert not torch.equal(backbone.stem.weight, before["stem.weight"])
