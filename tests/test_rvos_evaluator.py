@@ -224,6 +224,7 @@ def _distributed_worker(rank, world_size, init_file, root, out_dir, result_file)
         result = evaluator.evaluate()
         with open(f"{result_file}.{rank}", "wb") as f:
             pickle.dump(result, f)
+        dist.barrier()  # tear down together: an early teardown can abort the other rank
     finally:
         dist.destroy_process_group()
 

@@ -132,6 +132,7 @@ def _cpu_worker(
         _create_local_process_group(num_workers_per_machine)
         comm.synchronize()
         main_func(*args)
+        comm.synchronize()  # no rank tears the group down while another still talks over it
     finally:
         dist.destroy_process_group()
 
