@@ -4,9 +4,9 @@
 Generates the synthetic RVOS dataset under $DETECTRON2_DATASETS/rvos_synth when absent,
 pretrains the backbone named by MODEL.WEIGHTS when that file is absent (tools/pretrain_backbone.py
 on the training videos' object attributes), trains configs/Synthetic/ReferFormer-tiny.yaml on the
-CPU (resuming an interrupted run), evaluates the
-valid splits, writes an overlay video of one validation video, and prints as its last line one
-JSON object: {"rvos_synth_valid": {"J", "F", "JF"}, "rvos_synth_valid_motion": {...}, "seconds"}.
+CPU (resuming an interrupted run), evaluates the valid splits, writes an overlay video of one
+validation video, and prints as its last line one JSON object:
+{"rvos_synth_valid": {"J", "F", "JF"}, "rvos_synth_valid_motion": {...}, "seconds"}.
 """
 
 from __future__ import annotations
