@@ -6,19 +6,19 @@ import torch
 
 from rvos_d2.modeling.heads.reference_search import (
     TextGuidedReference,
-    memory_coordinates,
     search_loss,
     target_positions,
 )
+from rvos_d2.modeling.transformer import token_centres
 from tests.fixtures.model import make_clip
 
 from detectron2.modeling import build_model
 
 
-def test_memory_coordinates_are_cell_centres_of_the_unpadded_frame():
+def test_token_centres_are_cell_centres_of_the_unpadded_frame():
     shapes = torch.tensor([[2, 4], [1, 2]])
     ratios = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.5, 1.0], [0.5, 1.0]]])
-    coords = memory_coordinates(shapes, ratios)
+    coords = token_centres(shapes.tolist(), ratios)
     assert coords.shape == (2, 10, 2)
     torch.testing.assert_close(coords[0, :4, 0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
     torch.testing.assert_close(coords[0, [0, 4], 1], torch.tensor([0.25, 0.75]))

@@ -16,21 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def memory_coordinates(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
-    """(x, y) centre of every flattened memory position as F x S x 2, normalised by each frame's
-    unpadded extent like the decoder's reference points (padding positions fall beyond 1)."""
-    coords = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
-        ys, xs = torch.meshgrid(
-            torch.arange(h, device=valid_ratios.device, dtype=valid_ratios.dtype) + 0.5,
-            torch.arange(w, device=valid_ratios.device, dtype=valid_ratios.dtype) + 0.5,
-            indexing="ij",
-        )
-        grid = torch.stack([xs.flatten() / w, ys.flatten() / h], dim=-1)  # S_l x 2
-        coords.append(grid[None] / valid_ratios[:, None, level])
-    return torch.cat(coords, dim=1)
-
-
 class TextGuidedReference(nn.Module):
     """Scaled dot-product attention from each query (content + position) to all memory
     positions (memory + position embedding); returns the expected position under it."""

@@ -22,7 +22,6 @@ from rvos_d2.modeling.heads.input_projection import MultiScaleProjection
 from rvos_d2.modeling.heads.prediction import MLP
 from rvos_d2.modeling.heads.reference_search import (
     TextGuidedReference,
-    memory_coordinates,
     search_loss,
     target_positions,
 )
@@ -35,6 +34,7 @@ from rvos_d2.modeling.transformer import (
     DeformableTransformerEncoder,
     PositionEmbeddingSine,
     refine_boxes,
+    token_centres,
 )
 
 from detectron2.config import configurable
@@ -268,7 +268,7 @@ class ReferFormer(nn.Module):
                 query_pos,
                 enc["memory"],
                 torch.cat([p.flatten(2).transpose(1, 2) for p in pos], dim=1),
-                memory_coordinates(enc["spatial_shapes"], enc["valid_ratios"]),
+                token_centres(enc["spatial_shapes"].tolist(), enc["valid_ratios"]),
                 enc["mask_flatten"],
             )
         hs, refined = self.decoder(

@@ -8,6 +8,7 @@ from rvos_d2.modeling.transformer.encoder import (
     DeformableTransformerEncoder,
     DeformableTransformerEncoderLayer,
     encoder_reference_points,
+    token_centres,
 )
 from rvos_d2.modeling.transformer.position_encoding import PositionEmbeddingSine
 from rvos_d2.modeling.transformer.utils import inverse_sigmoid, refine_boxes, valid_ratios
@@ -21,5 +22,6 @@ __all__ = [
     "encoder_reference_points",
     "inverse_sigmoid",
     "refine_boxes",
+    "token_centres",
     "valid_ratios",
 ]

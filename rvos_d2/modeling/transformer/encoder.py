@@ -54,12 +54,9 @@ class DeformableTransformerEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout3(hidden))
 
 
-def encoder_reference_points(shapes: list[tuple[int, int]], ratios: Tensor) -> Tensor:
-    """Pixel centres of every level as N x S x L x 2 normalised (x, y) points.
-
-    Each token's centre is normalised by its own level's valid extent, then projected onto every
-    level's valid extent, so a token samples the same image location on all levels.
-    """
+def token_centres(shapes: list[tuple[int, int]], ratios: Tensor) -> Tensor:
+    """Centre of every token of the flattened levels as N x S x 2 (x, y), normalised by its own
+    level's valid (unpadded) extent: 0-1 inside the image, beyond 1 on padding."""
     points = []
     for level, (h, w) in enumerate(shapes):
         ys, xs = torch.meshgrid(
@@ -70,7 +67,16 @@ def encoder_reference_points(shapes: list[tuple[int, int]], ratios: Tensor) -> T
         x = xs.reshape(1, -1) / (ratios[:, None, level, 0] * w)
         y = ys.reshape(1, -1) / (ratios[:, None, level, 1] * h)
         points.append(torch.stack([x, y], dim=-1))
-    return torch.cat(points, dim=1)[:, :, None] * ratios[:, None]
+    return torch.cat(points, dim=1)
+
+
+def encoder_reference_points(shapes: list[tuple[int, int]], ratios: Tensor) -> Tensor:
+    """Pixel centres of every level as N x S x L x 2 normalised (x, y) points.
+
+    Each token's centre is normalised by its own level's valid extent, then projected onto every
+    level's valid extent, so a token samples the same image location on all levels.
+    """
+    return token_centres(shapes, ratios)[:, :, None] * ratios[:, None]
 
 
 class DeformableTransformerEncoder(nn.Module):
