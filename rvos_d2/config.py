@@ -98,8 +98,9 @@ def _add_referformer_config(cfg: CN) -> None:
     cfg.MODEL.REFERFORMER.GIOU_WEIGHT = 2.0  # lambda_giou: box GIoU loss and cost
     cfg.MODEL.REFERFORMER.DICE_WEIGHT = 5.0  # lambda_dice: clip-level mask Dice loss and cost
     cfg.MODEL.REFERFORMER.MASK_WEIGHT = 2.0  # lambda_focal: mask sigmoid focal loss and cost
-    # initial reference points from attention over the encoder memory instead of the learned
-    # query positions (TextGuidedReference), trained with "loss_search"
+    # queries read the words, and their initial reference points come from attention over the
+    # encoder memory instead of the learned query positions (TextGuidedReference), trained with
+    # "loss_search"
     cfg.MODEL.REFERFORMER.REFERENCE_SEARCH = False  # off in the paper's configs
     cfg.MODEL.REFERFORMER.SEARCH_WEIGHT = 1.0  # weight of loss_search (-log attention on target)
 

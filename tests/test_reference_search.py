@@ -30,33 +30,75 @@ def test_token_centres_are_cell_centres_of_the_unpadded_frame():
 
 def test_reference_is_the_attention_weighted_position_and_ignores_padding():
     torch.manual_seed(0)
-    search = TextGuidedReference(8)
+    search = TextGuidedReference(8, 2)
     memory = torch.randn(2, 5, 8)
     coords = torch.rand(2, 5, 2)
     padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
-    points, attention = search(
-        torch.randn(2, 3, 8), torch.randn(2, 3, 8), memory, torch.randn(2, 5, 8), coords, padding
+    query = torch.randn(2, 3, 8)
+    points, attention, content = search(
+        query, torch.randn(2, 3, 8), *_words(2, 8), memory, torch.randn(2, 5, 8), coords, padding
     )
     assert points.shape == (2, 3, 2) and attention.shape == (2, 3, 5)
+    assert content.shape == query.shape and not torch.allclose(content, query)
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 3))
     assert (attention[1, :, 3:] == 0).all()
     torch.testing.assert_close(points, attention @ coords)
 
 
-def test_a_matching_key_pulls_the_reference_onto_its_position():
-    search = TextGuidedReference(4)
-    with torch.no_grad():  # identity projections: logits are plain dot products
+def _words(frames: int, dim: int, length: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random word features with the last word of every frame padded."""
+    mask = torch.zeros(frames, length, dtype=torch.bool)
+    mask[:, -1] = True
+    return torch.randn(frames, length, dim), mask
+
+
+def _matching_search(read_weight: float) -> TextGuidedReference:
+    """Identity query/key projections (logits are scaled dot products); word reading scaled."""
+    search = TextGuidedReference(4, 1)
+    with torch.no_grad():
         for proj in (search.query_proj, search.key_proj):
             proj.weight.copy_(torch.eye(4) * 4)
             proj.bias.zero_()
+        attn = search.read_words.attn
+        attn.in_proj_weight.copy_(torch.eye(4).repeat(3, 1))
+        attn.in_proj_bias.zero_()
+        attn.out_proj.weight.copy_(torch.eye(4) * read_weight)
+        attn.out_proj.bias.zero_()
+    return search
+
+
+def _search_one(search, words):
     query = torch.tensor([[[1.0, 0, 0, 0]]])
     memory = torch.tensor([[[0.0, 1, 0, 0], [1.0, 0, 0, 0], [0.0, 0, 1, 0]]])
     coords = torch.tensor([[[0.1, 0.1], [0.8, 0.3], [0.5, 0.9]]])
-    points, _ = search(
-        query, torch.zeros_like(query), memory, torch.zeros_like(memory), coords,
+    points, _, _ = search(
+        query,
+        torch.zeros_like(query),
+        words,
+        torch.zeros(1, words.shape[1], dtype=torch.bool),
+        memory,
+        torch.zeros_like(memory),
+        coords,
         torch.zeros(1, 3, dtype=torch.bool),
     )
-    torch.testing.assert_close(points[0, 0], torch.tensor([0.8, 0.3]), atol=0.02, rtol=0)
+    return points[0, 0]
+
+
+def test_a_matching_key_pulls_the_reference_onto_its_position():
+    words = torch.tensor([[[0.0, 0, 0, 1]]])  # read, but orthogonal to every key
+    torch.testing.assert_close(
+        _search_one(_matching_search(1.0), words), torch.tensor([0.8, 0.3]), atol=0.02, rtol=0
+    )
+
+
+def test_the_words_read_by_the_query_steer_the_reference():
+    words = torch.tensor([[[0.0, 0, 3, 0]]])  # the word matches the third memory position
+    torch.testing.assert_close(
+        _search_one(_matching_search(0.0), words), torch.tensor([0.8, 0.3]), atol=0.02, rtol=0
+    )
+    torch.testing.assert_close(
+        _search_one(_matching_search(1.0), words), torch.tensor([0.5, 0.9]), atol=0.02, rtol=0
+    )
 
 
 def test_target_positions_mark_the_cells_that_hold_the_target():

@@ -2,9 +2,11 @@
 
 The paper's queries start from reference points predicted from their learned position embedding
 alone, so the first deformable layer samples the same places in every frame whatever the video
-shows. Here each query instead attends over every position of the (text-fused) encoder memory,
-keys carrying their position embedding, and starts at the attention-weighted mean of the
-positions: where the expression matches. `search_loss` supervises that attention directly.
+shows. Here each query first reads the expression's words (cross-attention, added to its
+sentence-feature content: a pooled sentence feature of a frozen encoder hardly tells "left" from
+"right"), then attends over every position of the (text-fused) encoder memory, keys carrying
+their position embedding, and starts at the attention-weighted mean of the positions: where the
+expression matches. `search_loss` supervises that attention directly.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rvos_d2.modeling.heads.vl_fusion import TextCrossAttention
+
 
 class TextGuidedReference(nn.Module):
-    """Scaled dot-product attention from each query (content + position) to all memory
-    positions (memory + position embedding); returns the expected position under it."""
+    """Each query (content + position) reads the words, then scaled dot-product attention from it
+    to all memory positions (memory + position embedding) gives its expected position."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, num_heads: int):
         super().__init__()
+        self.read_words = TextCrossAttention(dim, num_heads)
         self.query_proj = nn.Linear(dim, dim)
         self.key_proj = nn.Linear(dim, dim)
 
@@ -29,20 +34,24 @@ class TextGuidedReference(nn.Module):
         self,
         query: Tensor,
         query_pos: Tensor,
+        words: Tensor,
+        word_mask: Tensor,
         memory: Tensor,
         memory_pos: Tensor,
         coordinates: Tensor,
         padding: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """query, query_pos: F x N x C; memory, memory_pos: F x S x C; coordinates: F x S x 2;
-        padding: F x S (True = padding). Returns reference points F x N x 2 in [0, 1] and the
-        attention F x N x S (zero on padding)."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """query, query_pos: F x N x C; words: F x L x C with word_mask F x L (True = padding);
+        memory, memory_pos: F x S x C; coordinates: F x S x 2; padding: F x S (True = padding).
+        Returns reference points F x N x 2 in [0, 1], the attention F x N x S (zero on padding)
+        and the query content with the words it read added (F x N x C, for the decoder)."""
+        query = query + self.read_words(query, words, word_mask, query_pos)
         q = self.query_proj(query + query_pos)
         k = self.key_proj(memory + memory_pos)
         logits = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])
         attention = logits.masked_fill(padding[:, None], float("-inf")).softmax(dim=-1)
         points = attention @ coordinates.clamp(0.0, 1.0)
-        return points, attention
+        return points, attention, query
 
 
 def target_positions(masks: Tensor, spatial_shapes: Tensor, min_cover: float = 0.25) -> Tensor:

@@ -54,9 +54,10 @@ class ReferFormer(nn.Module):
     element-wise by the word features that each of its positions attends to (cross-attention
     from pixels to the expression's words), i.e. by a per-position text feature.
 
-    With `reference_search`, the queries' initial reference points come from attention over the
-    encoder memory (TextGuidedReference) instead of from their position embedding, trained with
-    an extra loss "loss_search" (weight `search_weight`) that puts the attention on the target.
+    With `reference_search`, the queries first read the words, and their initial reference
+    points come from attention over the encoder memory (TextGuidedReference) instead of from
+    their position embedding, trained with an extra loss "loss_search" (weight `search_weight`)
+    that puts the attention on the target.
     """
 
     @configurable
@@ -107,7 +108,7 @@ class ReferFormer(nn.Module):
         self.query_embed = nn.Embedding(num_queries, hidden)
         self.search_weight = search_weight
         if reference_search:
-            self.reference_search = TextGuidedReference(hidden)
+            self.reference_search = TextGuidedReference(hidden, num_heads)
         else:
             self.reference_search = None
             self.reference_points = nn.Linear(hidden, 2)
@@ -216,9 +217,8 @@ class ReferFormer(nn.Module):
         srcs = [self._fuse_early(s, words, word_mask) for s in srcs]
         enc = self.encoder(srcs, masks, pos)
 
-        hs, boxes, search = self._decode(
-            enc, pos, text.sentence_feat.repeat_interleave(num_frames, 0)
-        )
+        sentence = text.sentence_feat.repeat_interleave(num_frames, 0)
+        hs, boxes, search = self._decode(enc, pos, sentence, words, word_mask)
         logits = torch.stack([head(h).squeeze(-1) for head, h in zip(self.class_embed, hs)])
 
         mask_level = features[self.mask_feature_name]
@@ -251,11 +251,17 @@ class ReferFormer(nn.Module):
         return fused.transpose(1, 2).reshape(src.shape)
 
     def _decode(
-        self, enc: dict[str, torch.Tensor], pos: list[torch.Tensor], sentence: torch.Tensor
+        self,
+        enc: dict[str, torch.Tensor],
+        pos: list[torch.Tensor],
+        sentence: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
     ):
-        """Runs the decoder on the conditional queries; returns hidden states, per-layer boxes
-        (L x F x N x 4), each predicted relative to the reference that layer used, and the
-        reference search's attention (F x N x S; None without the search)."""
+        """Runs the decoder on the conditional queries (per frame: sentence F x C, words F x L x C
+        with word_mask F x L); returns hidden states, per-layer boxes (L x F x N x 4), each
+        predicted relative to the reference that layer used, and the reference search's
+        attention (F x N x S; None without the search)."""
         n = sentence.shape[0]
         query_pos = self.query_embed.weight[None].expand(n, -1, -1)
         tgt = sentence[:, None].expand(-1, self.num_queries, -1).contiguous()
@@ -263,9 +269,11 @@ class ReferFormer(nn.Module):
         if self.reference_search is None:
             initial = self.reference_points(query_pos).sigmoid()
         else:
-            initial, search = self.reference_search(
+            initial, search, tgt = self.reference_search(
                 tgt,
                 query_pos,
+                words,
+                word_mask,
                 enc["memory"],
                 torch.cat([p.flatten(2).transpose(1, 2) for p in pos], dim=1),
                 token_centres(enc["spatial_shapes"].tolist(), enc["valid_ratios"]),
