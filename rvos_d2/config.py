@@ -5,7 +5,11 @@ declared here makes detectron2 raise its usual "Non-existent config key" error.
 Each `_add_*` function below owns one group of keys.
 """
 
+from collections.abc import Sequence
+from os import PathLike
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -131,3 +135,14 @@ def add_rvos_config(cfg: CN) -> None:
     _add_referformer_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+
+
+def load_config(config_file: str | PathLike | None, opts: Sequence[str] = ()) -> CN:
+    """detectron2's defaults plus every rvos_d2 key, then `config_file` (if any) and the
+    KEY VALUE overrides `opts`; returned unfrozen so callers can add their own settings."""
+    cfg = get_cfg()
+    add_rvos_config(cfg)
+    if config_file:
+        cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
+    return cfg

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from rvos_d2.config import load_config
 from rvos_d2.data.datasets.synthetic import generate_split
 from rvos_d2.engine import RVOSCheckpointer
 from rvos_d2.engine.attribute_pretraining import (
@@ -17,7 +18,6 @@ from rvos_d2.engine.attribute_pretraining import (
     pretrain_backbone,
 )
 from rvos_d2.modeling.backbone.tiny import TinyConvBackbone
-from tools.pretrain_backbone import build_cfg
 from tools.pretrain_backbone import main as pretrain_main
 
 from detectron2.modeling import build_backbone
@@ -141,7 +141,7 @@ def test_tool_writes_a_loadable_checkpoint(tmp_path, synth_train, capsys):
     assert state and all(k.startswith("backbone.") for k in state)
     # MODEL.WEIGHTS loads it into a model whose `backbone` is the config's backbone.
     model = nn.Module()
-    model.backbone = build_backbone(build_cfg(TINY_CONFIG, opts))
+    model.backbone = build_backbone(load_config(TINY_CONFIG, opts))
     RVOSCheckpointer(model).load(str(output))
     expected = {k.removeprefix("backbone."): v for k, v in state.items()}
     torch.testing.assert_close(model.backbone.state_dict(), expected)

@@ -103,3 +103,16 @@ def test_solver_keys_merge(rvos_cfg, tmp_path):
         0.25,
         0.5,
     )
+
+
+def test_load_config_merges_the_file_then_the_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("TEST:\n  WINDOW: 12\nSOLVER:\n  BASE_LR: 0.5\n")
+    cfg = rvos_d2.config.load_config(path, ["SOLVER.BASE_LR", "0.25"])
+    assert (cfg.TEST.WINDOW, cfg.SOLVER.BASE_LR) == (12, 0.25)
+    assert not cfg.is_frozen()
+    defaults = rvos_d2.config.load_config(None)
+    assert defaults.TEST.WINDOW == 36 and defaults.MODEL.REFERFORMER.REFERENCE_SEARCH is False
+    with pytest.raises(KeyError, match="Non-existent config key: SOLVER.BASE_LRR"):
+        path.write_text("SOLVER:\n  BASE_LRR: 0.5\n")
+        rvos_d2.config.load_config(path)

@@ -21,12 +21,12 @@ import torch
 import tqdm
 
 import rvos_d2  # noqa: F401  (shims, registrations)
-from rvos_d2.config import add_rvos_config
+from rvos_d2.config import load_config
 from rvos_d2.data.transforms import augment_clip, build_clip_augmentations
 from rvos_d2.engine import RVOSCheckpointer
 from rvos_d2.utils.video_io import read_video_frames, write_masks, write_overlay_video
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
@@ -46,10 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_rvos_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"

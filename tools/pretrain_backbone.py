@@ -23,25 +23,14 @@ from pathlib import Path
 import torch
 
 import rvos_d2  # noqa: F401  (shims before any detectron2 submodule; registrations)
-from rvos_d2.config import add_rvos_config
+from rvos_d2.config import load_config
 from rvos_d2.engine.attribute_pretraining import (
     backbone_checkpoint,
     load_attribute_videos,
     pretrain_backbone,
 )
 
-from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_backbone
-
-
-def build_cfg(config_file: Path, opts: list[str]) -> CfgNode:
-    """The config of `config_file` with the KEY VALUE overrides `opts`."""
-    cfg = get_cfg()
-    add_rvos_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list(opts)
-    cfg.freeze()
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    cfg = build_cfg(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
     size = args.size or cfg.INPUT.MIN_SIZE_TEST
     frames_per_clip = args.frames_per_clip or cfg.INPUT.SAMPLING_FRAME_NUM
     split_dir = args.dataset_root / args.split

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 import rvos_d2  # noqa: F401  (shims, registrations)
-from rvos_d2.config import add_rvos_config
+from rvos_d2.config import load_config
 from rvos_d2.data.mappers import RVOSDatasetMapper
 from rvos_d2.engine import RVOSTrainer
 from rvos_d2.utils.video_io import read_video_frames, write_overlay_video
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 
@@ -64,10 +64,7 @@ def ensure_pretrained_backbone(
 
 
 def build_cfg(config_file: Path, output_dir: Path, opts: list[str]) -> CfgNode:
-    cfg = get_cfg()
-    add_rvos_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list(["OUTPUT_DIR", str(output_dir), "MODEL.DEVICE", "cpu", *opts])
+    cfg = load_config(config_file, ["OUTPUT_DIR", str(output_dir), "MODEL.DEVICE", "cpu", *opts])
     cfg.DATASETS.TEST = SPLITS
     cfg.freeze()
     return cfg

@@ -6,9 +6,9 @@ import argparse
 
 import torch
 
-from rvos_d2.config import add_rvos_config
+from rvos_d2.config import load_config
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 
 __all__ = ["argument_parser", "setup"]
@@ -43,11 +43,7 @@ def _check_device(cfg: CfgNode) -> None:
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Builds the frozen config (defaults + rvos_d2 keys + file + opts) and runs default_setup."""
-    cfg = get_cfg()
-    add_rvos_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    cfg = load_config(args.config_file, args.opts or [])
     _check_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
