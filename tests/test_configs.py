@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rvos_d2.config import add_rvos_config
+from rvos_d2.config import load_config
 from tests.fixtures.model import make_clip
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
@@ -37,13 +36,6 @@ SMALL_SWIN = {
 }
 
 
-def _load(path: Path):
-    cfg = get_cfg()
-    add_rvos_config(cfg)
-    cfg.merge_from_file(str(path))
-    return cfg
-
-
 def _text_encoder_available(name: str) -> bool:
     """True for the bundled MiniLM, a local folder, or a model in the Hugging Face cache."""
     from huggingface_hub import try_to_load_from_cache
@@ -63,7 +55,7 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
 def test_config_names_registered_datasets(path):
-    cfg = _load(path)
+    cfg = load_config(path)
     registered = set(DatasetCatalog.list())
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         assert name in registered, f"{path}: dataset {name!r} is not registered"
@@ -71,7 +63,7 @@ def test_config_names_registered_datasets(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
 def test_config_builds_and_trains_one_step(path, capsys):
-    cfg = _load(path)
+    cfg = load_config(path)
     cfg.merge_from_list(SMALL_MODEL)
     for key in ("SWIN", "VIDEO_SWIN"):
         node = cfg.MODEL[key]
