@@ -53,7 +53,9 @@ def get_extensions():
     use_cuda = os.environ.get("FORCE_CUDA", "") == "1" or (
         cuda_home is not None and os.environ.get("FORCE_CUDA", "") != "0"
     )
-    extra_compile_args = {"cxx": ["-O3"]}
+    # -g0 overrides the -g in Python's own compiler flags: without debug information the
+    # torch headers compile in about half the time
+    extra_compile_args = {"cxx": ["-O3", "-g0"]}
     define_macros = []
     extension = CppExtension
     if use_cuda and cuda_sources:
