@@ -1,5 +1,6 @@
 """Instance-sequence Hungarian matcher: known optimal assignments."""
 
+import pytest
 import torch
 
 from rvos_d2.modeling.matcher import MatchCostWeights, SequenceMatcher
@@ -80,3 +81,20 @@ def test_batch_size_mismatch_is_reported():
         assert "0 targets for a batch of 1" in str(err)
     else:
         raise AssertionError("expected a ValueError")
+
+
+def test_one_slot_and_one_target_skip_the_costs(monkeypatch):
+    t = 3
+    masks, boxes = _target(t)
+    valid = torch.ones(1, t, dtype=torch.bool)
+    target = {"valid": valid, "boxes": boxes[None], "masks": masks[None]}
+    matcher = SequenceMatcher(WEIGHTS)
+
+    def no_costs(*args):
+        raise AssertionError("costs computed for a forced assignment")
+
+    monkeypatch.setattr(matcher, "cost_matrix", no_costs)
+    (rows, cols), = matcher(_random_outputs(t, 1), [target])
+    assert rows.tolist() == [0] and cols.tolist() == [0]
+    with pytest.raises(AssertionError, match="forced"):
+        matcher(_random_outputs(t, 2), [target])  # two slots: the costs decide

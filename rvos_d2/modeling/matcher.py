@@ -98,6 +98,10 @@ class SequenceMatcher:
         return self.weights.cls * cost_cls + cost_box + cost_mask
 
     def _match_clip(self, logits, boxes, masks, target):
+        if logits.shape[1] == 1 and target["valid"].shape[0] == 1:
+            # one slot and one target sequence: the only assignment, no costs to compute
+            only = torch.zeros(1, dtype=torch.int64, device=logits.device)
+            return only, only.clone()
         cost = self.cost_matrix(logits, boxes, masks, target)
         rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
         device = logits.device
