@@ -13,6 +13,8 @@ from rvos_d2.config import load_config
 from rvos_d2.data.datasets.synthetic import generate_split
 from rvos_d2.engine import RVOSCheckpointer
 from rvos_d2.engine.attribute_pretraining import (
+    DenseAttributeHead,
+    attribute_accuracy,
     backbone_checkpoint,
     load_attribute_videos,
     pretrain_backbone,
@@ -109,6 +111,55 @@ def test_pretraining_reduces_the_loss(synth_train):
     assert np.isfinite(last) and last < 0.6 * first, (first, last)
 
 
+def test_held_out_split_uses_the_given_vocab(tmp_path):
+    generate_split(tmp_path, "valid", num_videos=3, seed=5, num_frames=4, height=SIZE, width=SIZE)
+    own = load_attribute_videos(tmp_path / "valid", ATTRIBUTES, SIZE)
+    vocab = {name: ["unseen", *reversed(values)] for name, values in own.vocab.items()}
+    held_out = load_attribute_videos(tmp_path / "valid", ATTRIBUTES, SIZE, vocab=vocab)
+    assert held_out.vocab == vocab
+    for a, name in enumerate(ATTRIBUTES):  # the same pixels carry the renumbered classes
+        for mine, theirs in zip(own.labels, held_out.labels):
+            names = [None, *own.vocab[name]]
+            relabelled = [None, *vocab[name]]
+            assert [names[i] for i in mine[:, a].flatten().tolist()] == [
+                relabelled[i] for i in theirs[:, a].flatten().tolist()
+            ]
+    meta = json.loads((tmp_path / "valid" / "meta.json").read_text())
+    vid, video = next(iter(meta["videos"].items()))
+    obj_id = next(iter(video["objects"]))
+    video["objects"][obj_id]["colour"] = "ultraviolet"
+    (tmp_path / "valid" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"{vid}.*'{obj_id}'.*colour 'ultraviolet'"):
+        load_attribute_videos(tmp_path / "valid", ATTRIBUTES, SIZE, vocab=own.vocab)
+
+
+def test_attribute_accuracy_counts_foreground_pixels(synth_train):
+    videos = load_attribute_videos(synth_train / "train", ATTRIBUTES, SIZE)
+    backbone = _backbone()
+    classes = {name: len(values) + 1 for name, values in videos.vocab.items()}
+    head = DenseAttributeHead(backbone.output_shape(), classes)
+    for classifier in head.classifiers.values():  # predicts class 1 at every pixel
+        nn.init.zeros_(classifier.weight)
+        nn.init.zeros_(classifier.bias)
+        classifier.bias.data[1] = 1.0
+    accuracy = attribute_accuracy(backbone, head, videos, PIXEL_MEAN, PIXEL_STD)
+    labels = torch.cat(videos.labels)
+    for a, name in enumerate(ATTRIBUTES):
+        y = labels[:, a]
+        assert accuracy[name] == pytest.approx((y[y > 0] == 1).float().mean().item())
+    assert backbone.training and head.training  # modes are restored
+
+
+def test_pretraining_reports_held_out_accuracy(synth_train):
+    videos = load_attribute_videos(synth_train / "train", ["colour"], SIZE)
+    log = _pretrain(_backbone(), videos, 2, log_period=1, eval_videos=videos)
+    assert "heldout_fg_accuracy" not in log[0]
+    assert 0 <= log[-1]["heldout_fg_accuracy"]["colour"] <= 1
+    other = load_attribute_videos(synth_train / "train", ["category"], SIZE)
+    with pytest.raises(ValueError, match="eval_videos"):
+        _pretrain(_backbone(), videos, 1, eval_videos=other)
+
+
 def test_checkpoint_loads_into_a_meta_architecture(synth_train):
     videos = load_attribute_videos(synth_train / "train", ["category"], SIZE)
     trained = _backbone()
@@ -137,6 +188,7 @@ def test_tool_writes_a_loadable_checkpoint(tmp_path, synth_train, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["output"] == str(output) and summary["last"]["iteration"] == 2
+    assert "heldout_fg_accuracy" not in summary["last"]
     state = torch.load(output, weights_only=True)["model"]
     assert state and all(k.startswith("backbone.") for k in state)
     # MODEL.WEIGHTS loads it into a model whose `backbone` is the config's backbone.

@@ -7,7 +7,8 @@
 The backbone (MODEL.BACKBONE of the config) learns to classify, at every pixel, the attributes
 that <dataset-root>/<split>/meta.json records for each object. The output file loads with
 MODEL.WEIGHTS (keys "backbone.*"). The last line printed is one JSON object: {"output",
-"seconds", "last"} (the last log entry: iteration, loss, foreground accuracy per attribute).
+"seconds", "last"} (the last log entry: iteration, loss, foreground accuracy per attribute, and
+with --eval-split the held-out split's foreground accuracy as "heldout_fg_accuracy").
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Ref-YouTube-VOS style root holding <split>/meta.json, JPEGImages, Annotations",
     )
     parser.add_argument("--split", default="train")
+    parser.add_argument(
+        "--eval-split",
+        help="a held-out split (e.g. valid) whose foreground accuracy is reported after training",
+    )
     parser.add_argument(
         "--attributes", default="category", help="comma-separated meta.json object keys to classify"
     )
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{name} {len(values)}" for name, values in videos.vocab.items()),
         flush=True,
     )
+    eval_videos = None
+    if args.eval_split:
+        eval_dir = args.dataset_root / args.eval_split
+        eval_videos = load_attribute_videos(eval_dir, attributes, size, vocab=videos.vocab)
     backbone = build_backbone(cfg).to(cfg.MODEL.DEVICE)
     log = pretrain_backbone(
         backbone,
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         pixel_std=cfg.MODEL.PIXEL_STD,
         seed=args.seed,
         log_period=args.log_period,
+        eval_videos=eval_videos,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(backbone_checkpoint(backbone), args.output)

@@ -28,6 +28,7 @@ from detectron2.modeling import Backbone
 __all__ = [
     "AttributeVideos",
     "DenseAttributeHead",
+    "attribute_accuracy",
     "backbone_checkpoint",
     "load_attribute_videos",
     "pretrain_backbone",
@@ -54,8 +55,17 @@ class AttributeVideos:
     labels: list[Tensor]
 
 
-def load_attribute_videos(split_dir: Path, attributes: Sequence[str], size: int) -> AttributeVideos:
-    """Reads every video of `split_dir` at `size` x `size` with labels for `attributes`."""
+def load_attribute_videos(
+    split_dir: Path,
+    attributes: Sequence[str],
+    size: int,
+    vocab: dict[str, list[str]] | None = None,
+) -> AttributeVideos:
+    """Reads every video of `split_dir` at `size` x `size` with labels for `attributes`.
+
+    The class values come from the split itself unless `vocab` is given (a held-out split is
+    labelled with its training split's vocab, so that class indices agree).
+    """
     split_dir = Path(split_dir)
     attributes = list(attributes)
     if not attributes:
@@ -75,12 +85,19 @@ def load_attribute_videos(split_dir: Path, attributes: Sequence[str], size: int)
                     raise ValueError(
                         f"{meta_file}: video {vid!r} object {obj_id!r} has no attribute {name!r}"
                     )
-    vocab = {
-        name: sorted(
-            {str(obj[name]) for v in videos.values() for obj in v.get("objects", {}).values()}
-        )
-        for name in attributes
-    }
+                if vocab is not None and str(obj[name]) not in vocab.get(name, ()):
+                    raise ValueError(
+                        f"{meta_file}: video {vid!r} object {obj_id!r} has {name} "
+                        f"{obj[name]!r}, not among the given values {vocab.get(name)}"
+                    )
+    if vocab is None:
+        vocab = {
+            name: sorted(
+                {str(obj[name]) for v in videos.values() for obj in v.get("objects", {}).values()}
+            )
+            for name in attributes
+        }
+    vocab = {name: list(vocab[name]) for name in attributes}
     label_size = size // LABEL_STRIDE
     frames, labels = [], []
     for vid, video in videos.items():
@@ -139,6 +156,41 @@ class DenseAttributeHead(nn.Module):
         return {name: classifier(fused) for name, classifier in self.classifiers.items()}
 
 
+@torch.no_grad()
+def attribute_accuracy(
+    backbone: Backbone,
+    head: DenseAttributeHead,
+    videos: AttributeVideos,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
+) -> dict[str, float | None]:
+    """Foreground pixel accuracy per attribute over every frame of `videos` (a video backbone
+    sees each whole video as one clip); None for an attribute without foreground pixels."""
+    device = next(backbone.parameters()).device
+    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.tensor(pixel_std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    is_video = getattr(backbone, "is_video", False)
+    modes = backbone.training, head.training
+    backbone.eval()
+    head.eval()
+    correct = torch.zeros(len(videos.attributes), dtype=torch.int64)
+    total = torch.zeros(len(videos.attributes), dtype=torch.int64)
+    for frames, labels in zip(videos.frames, videos.labels):
+        x = (frames.to(device).float() - mean) / std
+        logits = head(backbone(x[None] if is_video else x))
+        for a, name in enumerate(videos.attributes):
+            y = labels[:, a].to(device)
+            foreground = y > 0
+            correct[a] += (logits[name].argmax(1) == y)[foreground].sum().item()
+            total[a] += foreground.sum().item()
+    backbone.train(modes[0])
+    head.train(modes[1])
+    return {
+        name: (correct[a] / total[a]).item() if total[a] else None
+        for a, name in enumerate(videos.attributes)
+    }
+
+
 def _sample_batch(
     videos: AttributeVideos,
     rng: np.random.Generator,
@@ -178,13 +230,16 @@ def pretrain_backbone(
     pixel_std: Sequence[float],
     seed: int = 0,
     log_period: int = 50,
+    eval_videos: AttributeVideos | None = None,
 ) -> list[dict]:
     """Trains every weight of `backbone` (in place) with a DenseAttributeHead; returns the log.
 
     A video backbone (``backbone.is_video``) gets clips of `frames_per_clip` consecutive frames,
     an image backbone single frames. Frames are flipped horizontally at random unless "motion"
     is an attribute (a flip would swap left and right motion). Log entries hold the iteration,
-    the loss and, per attribute, the pixel accuracy on foreground (None without foreground).
+    the loss and, per attribute, the pixel accuracy on foreground (None without foreground);
+    with `eval_videos` (labelled with the same vocab), the last entry also holds their
+    foreground accuracy per attribute as "heldout_fg_accuracy".
     """
     counts = {
         "iterations": iterations,
@@ -195,6 +250,13 @@ def pretrain_backbone(
     for name, value in counts.items():
         if value < 1:
             raise ValueError(f"{name}={value}: expected at least 1")
+    if eval_videos is not None and (
+        eval_videos.attributes != videos.attributes or eval_videos.vocab != videos.vocab
+    ):
+        raise ValueError(
+            "eval_videos must be labelled with the training videos' attributes and vocab "
+            "(load_attribute_videos(..., vocab=videos.vocab))"
+        )
     backbone.requires_grad_(True)  # trained here even when its config keeps it frozen later
     device = next(backbone.parameters()).device
     is_video = getattr(backbone, "is_video", False)
@@ -239,9 +301,17 @@ def pretrain_backbone(
                 "iter %d loss %.3f fg accuracy %s",
                 iteration,
                 entry["loss"],
-                {k: None if v is None else round(v, 3) for k, v in entry["fg_accuracy"].items()},
+                _rounded(entry["fg_accuracy"]),
             )
+    if eval_videos is not None:
+        heldout = attribute_accuracy(backbone, head, eval_videos, pixel_mean, pixel_std)
+        log[-1]["heldout_fg_accuracy"] = heldout
+        logger.info("held-out fg accuracy %s", _rounded(heldout))
     return log
+
+
+def _rounded(accuracy: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 3) for k, v in accuracy.items()}
 
 
 def backbone_checkpoint(backbone: nn.Module) -> dict:
