@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,8 +167,7 @@ def attribute_accuracy(
     """Foreground pixel accuracy per attribute over every frame of `videos` (a video backbone
     sees each whole video as one clip); None for an attribute without foreground pixels."""
     device = next(backbone.parameters()).device
-    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-    std = torch.tensor(pixel_std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    normalise = _normaliser(pixel_mean, pixel_std, device)
     is_video = getattr(backbone, "is_video", False)
     modes = backbone.training, head.training
     backbone.eval()
@@ -176,18 +175,45 @@ def attribute_accuracy(
     correct = torch.zeros(len(videos.attributes), dtype=torch.int64)
     total = torch.zeros(len(videos.attributes), dtype=torch.int64)
     for frames, labels in zip(videos.frames, videos.labels):
-        x = (frames.to(device).float() - mean) / std
+        x = normalise(frames)
         logits = head(backbone(x[None] if is_video else x))
-        for a, name in enumerate(videos.attributes):
-            y = labels[:, a].to(device)
-            foreground = y > 0
-            correct[a] += (logits[name].argmax(1) == y)[foreground].sum().item()
-            total[a] += foreground.sum().item()
+        hits, count = _foreground_counts(logits, labels.to(device), videos.attributes)
+        correct += hits
+        total += count
     backbone.train(modes[0])
     head.train(modes[1])
+    return _accuracy(correct, total, videos.attributes)
+
+
+def _normaliser(
+    pixel_mean: Sequence[float], pixel_std: Sequence[float], device: torch.device
+) -> Callable[[Tensor], Tensor]:
+    """Maps uint8 frames (... x 3 x H x W) to normalised float frames on `device`."""
+    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.tensor(pixel_std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return lambda frames: (frames.to(device).float() - mean) / std
+
+
+def _foreground_counts(
+    logits: dict[str, Tensor], labels: Tensor, attributes: Sequence[str]
+) -> tuple[Tensor, Tensor]:
+    """Per attribute: correctly classified foreground pixels and all foreground pixels (N x A x
+    h x w labels, 0 = background)."""
+    correct, total = [], []
+    for a, name in enumerate(attributes):
+        foreground = labels[:, a] > 0
+        correct.append((logits[name].detach().argmax(1) == labels[:, a])[foreground].sum())
+        total.append(foreground.sum())
+    return torch.stack(correct).cpu(), torch.stack(total).cpu()
+
+
+def _accuracy(
+    correct: Tensor, total: Tensor, attributes: Sequence[str]
+) -> dict[str, float | None]:
+    """Foreground accuracy per attribute; None where there is no foreground pixel."""
     return {
         name: (correct[a] / total[a]).item() if total[a] else None
-        for a, name in enumerate(videos.attributes)
+        for a, name in enumerate(attributes)
     }
 
 
@@ -265,8 +291,7 @@ def pretrain_backbone(
     optimizer = torch.optim.AdamW(
         [*backbone.parameters(), *head.parameters()], lr=lr, weight_decay=1e-4
     )
-    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-    std = torch.tensor(pixel_std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    normalise = _normaliser(pixel_mean, pixel_std, device)
     class_weights = {}
     for name, n in num_classes.items():
         class_weights[name] = torch.ones(n, device=device)
@@ -279,7 +304,7 @@ def pretrain_backbone(
     log = []
     for iteration in range(1, iterations + 1):
         x, y = _sample_batch(videos, rng, clips_per_batch, frames_per_clip, flip)
-        x = (x.to(device).float() - mean) / std
+        x = normalise(x)
         y = y.to(device)
         logits = head(backbone(x if is_video else x.flatten(0, 1)))
         loss = sum(
@@ -290,12 +315,9 @@ def pretrain_backbone(
         loss.backward()
         optimizer.step()
         if iteration % log_period == 0 or iteration == iterations:
-            entry = {"iteration": iteration, "loss": loss.item(), "fg_accuracy": {}}
-            for a, name in enumerate(videos.attributes):
-                foreground = y[:, a] > 0
-                correct = logits[name].detach().argmax(1) == y[:, a]
-                accuracy = correct[foreground].float().mean().item() if foreground.any() else None
-                entry["fg_accuracy"][name] = accuracy
+            counts = _foreground_counts(logits, y, videos.attributes)
+            entry = {"iteration": iteration, "loss": loss.item()}
+            entry["fg_accuracy"] = _accuracy(*counts, videos.attributes)
             log.append(entry)
             logger.info(
                 "iter %d loss %.3f fg accuracy %s",
