@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "--attributes", default="category", help="comma-separated meta.json object keys to classify"
     )
     parser.add_argument("--size", type=int, help="square frame size (default INPUT.MIN_SIZE_TEST)")
-    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--iterations", type=int, default=1200)
     parser.add_argument("--clips-per-batch", type=int, default=6)
     parser.add_argument(
         "--frames-per-clip",

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "output" / "main_job")
     parser.add_argument("--from-scratch", action="store_true",
                         help="ignore checkpoints of an earlier run in --output-dir")
-    parser.add_argument("--pretrain-iterations", type=int, default=600,
+    parser.add_argument("--pretrain-iterations", type=int, default=1200,
                         help="backbone pretraining iterations when MODEL.WEIGHTS is missing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
