@@ -189,8 +189,12 @@ def test_tool_writes_a_loadable_checkpoint(tmp_path, synth_train, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["output"] == str(output) and summary["last"]["iteration"] == 2
     assert "heldout_fg_accuracy" not in summary["last"]
-    state = torch.load(output, weights_only=True)["model"]
+    checkpoint = torch.load(output, weights_only=True)
+    state = checkpoint["model"]
     assert state and all(k.startswith("backbone.") for k in state)
+    record = checkpoint["pretraining"]
+    assert record["iterations"] == 2 and record["clips_per_batch"] == 2
+    assert record["attributes"] == ["category"] and record["size"] == SIZE
     # MODEL.WEIGHTS loads it into a model whose `backbone` is the config's backbone.
     model = nn.Module()
     model.backbone = build_backbone(load_config(TINY_CONFIG, opts))

@@ -8,6 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch import nn
+
+from rvos_d2.config import load_config
+from rvos_d2.engine.attribute_pretraining import backbone_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "Synthetic" / "ReferFormer-tiny.yaml"
@@ -104,3 +109,34 @@ def test_main_job_prints_metrics_json_last(synth_root, tmp_path, monkeypatch, ca
         )
     assert (tmp_path / "out" / "overlay_valid.mp4").stat().st_size > 0
     assert (tmp_path / "out" / "model_final.pth").exists()
+
+
+def test_main_job_checks_a_reused_backbone_against_its_pretraining(tmp_path, monkeypatch, capsys):
+    job = _load_tool("run_main_job")
+    attributes = job.PRETRAIN_ATTRIBUTES.split(",")
+    files = {
+        "same": {"attributes": attributes, "iterations": 1200, "lr": 1e-3},
+        "shorter": {"attributes": attributes, "iterations": 600},
+        "other": {"attributes": ["category"], "iterations": 1200},
+        "none": None,
+    }
+    for name, record in files.items():
+        torch.save(backbone_checkpoint(nn.Linear(2, 2), record), tmp_path / f"{name}.pth")
+    assert job.pretraining_mismatch(str(tmp_path / "same.pth"), 1200) is None
+    assert "iterations 600 (this job: 1200)" in job.pretraining_mismatch(
+        str(tmp_path / "shorter.pth"), 1200
+    )
+    assert "attributes ['category']" in job.pretraining_mismatch(str(tmp_path / "other.pth"), 1200)
+    assert "no pretraining settings" in job.pretraining_mismatch(str(tmp_path / "none.pth"), 1200)
+
+    # An existing file is used as it is, never pretrained over.
+    monkeypatch.setattr(job.subprocess, "run", lambda *a, **k: pytest.fail("pretrained again"))
+    shorter = tmp_path / "shorter.pth"
+    before = shorter.read_bytes()
+    cfg = load_config(TINY_CONFIG, ["MODEL.WEIGHTS", str(shorter)])
+    job.ensure_pretrained_backbone(cfg, TINY_CONFIG, 1200, [])
+    assert shorter.read_bytes() == before
+    assert f"using MODEL.WEIGHTS {shorter} as it is" in capsys.readouterr().err
+    cfg = load_config(TINY_CONFIG, ["MODEL.WEIGHTS", str(tmp_path / "same.pth")])
+    job.ensure_pretrained_backbone(cfg, TINY_CONFIG, 1200, [])
+    assert capsys.readouterr().err == ""

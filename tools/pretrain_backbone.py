@@ -6,9 +6,10 @@
 
 The backbone (MODEL.BACKBONE of the config) learns to classify, at every pixel, the attributes
 that <dataset-root>/<split>/meta.json records for each object. The output file loads with
-MODEL.WEIGHTS (keys "backbone.*"). The last line printed is one JSON object: {"output",
-"seconds", "last"} (the last log entry: iteration, loss, foreground accuracy per attribute, and
-with --eval-split the held-out split's foreground accuracy as "heldout_fg_accuracy").
+MODEL.WEIGHTS (keys "backbone.*") and records the pretraining settings under "pretraining".
+The last line printed is one JSON object: {"output", "seconds", "last"} (the last log entry:
+iteration, loss, foreground accuracy per attribute, and with --eval-split the held-out split's
+foreground accuracy as "heldout_fg_accuracy").
 """
 
 from __future__ import annotations
@@ -104,7 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         eval_videos=eval_videos,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(backbone_checkpoint(backbone), args.output)
+    settings = {
+        "split": args.split,
+        "attributes": attributes,
+        "iterations": args.iterations,
+        "clips_per_batch": args.clips_per_batch,
+        "frames_per_clip": frames_per_clip,
+        "size": size,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
+    torch.save(backbone_checkpoint(backbone, settings), args.output)
     summary = {
         "output": str(args.output),
         "seconds": round(time.perf_counter() - start, 1),

@@ -26,6 +26,7 @@ import rvos_d2  # noqa: F401  (shims, registrations)
 from rvos_d2.config import load_config
 from rvos_d2.data.mappers import RVOSDatasetMapper
 from rvos_d2.engine import RVOSTrainer
+from rvos_d2.engine.checkpoint import load_checkpoint_file
 from rvos_d2.utils.video_io import read_video_frames, write_overlay_video
 
 from detectron2.config import CfgNode
@@ -48,13 +49,32 @@ def ensure_synthetic_dataset() -> Path:
     return root
 
 
+def pretraining_mismatch(weights: str, iterations: int) -> str | None:
+    """Why an existing MODEL.WEIGHTS file is not what this job would pretrain (its recorded
+    attributes or iterations differ, or it records none), or None when it matches."""
+    record = load_checkpoint_file(weights).get("pretraining")
+    if record is None:
+        return "it records no pretraining settings (written by another tool or an older version)"
+    wanted = {"attributes": PRETRAIN_ATTRIBUTES.split(","), "iterations": iterations}
+    differing = [f"{k} {record.get(k)} (this job: {v})" for k, v in wanted.items()
+                 if record.get(k) != v]
+    return "it was pretrained with " + ", ".join(differing) if differing else None
+
+
 def ensure_pretrained_backbone(
     cfg: CfgNode, config_file: Path, iterations: int, opts: list[str]
 ) -> None:
     """Writes MODEL.WEIGHTS with tools/pretrain_backbone.py when it names a missing file (and
-    logs the backbone's attribute accuracy on the valid split)."""
+    logs the backbone's attribute accuracy on the valid split). An existing file is used as it
+    is, with a warning when it was not pretrained as this job would pretrain it."""
     weights = cfg.MODEL.WEIGHTS
-    if not weights or Path(weights).exists():
+    if not weights:
+        return
+    if Path(weights).exists():
+        mismatch = pretraining_mismatch(weights, iterations)
+        if mismatch:
+            print(f"warning: using MODEL.WEIGHTS {weights} as it is, although {mismatch}; "
+                  "delete it to pretrain again", file=sys.stderr)
         return
     script = ROOT / "tools" / "pretrain_backbone.py"
     subprocess.run(

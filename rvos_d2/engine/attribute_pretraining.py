@@ -336,6 +336,11 @@ def _rounded(accuracy: dict[str, float | None]) -> dict[str, float | None]:
     return {k: None if v is None else round(v, 3) for k, v in accuracy.items()}
 
 
-def backbone_checkpoint(backbone: nn.Module) -> dict:
-    """The backbone's weights under "backbone.", as MODEL.WEIGHTS loads into a meta-arch."""
-    return {"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
+def backbone_checkpoint(backbone: nn.Module, settings: dict | None = None) -> dict:
+    """The backbone's weights under "backbone.", as MODEL.WEIGHTS loads into a meta-arch, and
+    under "pretraining" the `settings` it was pretrained with (plain values), so that a reused
+    file can be checked against the pretraining a job asks for."""
+    checkpoint = {"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
+    if settings is not None:
+        checkpoint["pretraining"] = dict(settings)
+    return checkpoint
