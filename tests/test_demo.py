@@ -128,6 +128,8 @@ def test_main_job_checks_a_reused_backbone_against_its_pretraining(tmp_path, mon
     )
     assert "attributes ['category']" in job.pretraining_mismatch(str(tmp_path / "other.pth"), 1200)
     assert "no pretraining settings" in job.pretraining_mismatch(str(tmp_path / "none.pth"), 1200)
+    (tmp_path / "zoo.pkl").write_bytes(b"not a PyTorch file")
+    assert "no pretraining settings" in job.pretraining_mismatch(str(tmp_path / "zoo.pkl"), 1200)
 
     # An existing file is used as it is, never pretrained over.
     monkeypatch.setattr(job.subprocess, "run", lambda *a, **k: pytest.fail("pretrained again"))

@@ -52,7 +52,8 @@ def ensure_synthetic_dataset() -> Path:
 def pretraining_mismatch(weights: str, iterations: int) -> str | None:
     """Why an existing MODEL.WEIGHTS file is not what this job would pretrain (its recorded
     attributes or iterations differ, or it records none), or None when it matches."""
-    record = load_checkpoint_file(weights).get("pretraining")
+    # detectron2 model-zoo pickles hold no record; pretrain_backbone writes PyTorch files
+    record = None if weights.endswith(".pkl") else load_checkpoint_file(weights).get("pretraining")
     if record is None:
         return "it records no pretraining settings (written by another tool or an older version)"
     wanted = {"attributes": PRETRAIN_ATTRIBUTES.split(","), "iterations": iterations}
