@@ -1,4 +1,5 @@
 """Installs rvos_d2 and compiles `rvos_d2._C` (C++ always, CUDA when a toolkit is found)."""
+
 import glob
 import os
 import re

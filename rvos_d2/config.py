@@ -14,6 +14,7 @@ from detectron2.config import get_cfg
 
 def _add_input_config(cfg: CN) -> None:
     """Clip sampling and augmentation (rvos_d2.data.mappers / transforms)."""
+    cfg.INPUT.DATASET_MAPPER_NAME = "RVOSDatasetMapper"  # registered in DATASET_MAPPER_REGISTRY
     cfg.INPUT.FORMAT = "RGB"  # channel order of the `image` tensors given to models
     cfg.INPUT.SAMPLING_FRAME_NUM = 5  # frames per training clip (T)
     # clip frames lie within +-range of the reference frame (nearest frames beyond when too few)

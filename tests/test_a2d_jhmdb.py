@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 
 from rvos_d2.data.datasets.a2d_jhmdb import read_a2d_masks, read_jhmdb_mask
-from rvos_d2.data.mask_io import MASK_READERS, load_target_mask
+from rvos_d2.data.mask_io import MASK_READER_REGISTRY, load_target_mask
 from tests.fixtures.real_formats import (
     A2D_SIZE,
     A2D_VIDEOS,
@@ -47,7 +47,7 @@ def test_registered_without_reading(monkeypatch, tmp_path):
     for name in ("a2d_sentences_train", "a2d_sentences_test", "jhmdb_sentences"):
         assert name in DatasetCatalog.list()
         assert MetadataCatalog.get(name).evaluator_type == "a2d"
-    assert {"a2d_h5", "jhmdb_mat"} <= set(MASK_READERS)
+    assert {"a2d_h5", "jhmdb_mat"} <= set(MASK_READER_REGISTRY.names())
 
 
 def test_a2d_train_dicts_and_masks(a2d_release, monkeypatch):

@@ -48,8 +48,9 @@ def _backbone() -> TinyConvBackbone:
 
 def _pretrain(backbone, videos, iterations, **overrides):
     """pretrain_backbone with the test defaults (2 clips of 2 frames at lr 1e-3)."""
-    kwargs = dict(clips_per_batch=2, frames_per_clip=2, lr=1e-3, pixel_mean=PIXEL_MEAN,
-                  pixel_std=PIXEL_STD)
+    kwargs = dict(
+        clips_per_batch=2, frames_per_clip=2, lr=1e-3, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD
+    )
     return pretrain_backbone(backbone, videos, iterations=iterations, **{**kwargs, **overrides})
 
 
@@ -100,8 +101,9 @@ def test_pretraining_reduces_the_loss(synth_train):
     torch.manual_seed(0)
     videos = load_attribute_videos(synth_train / "train", ATTRIBUTES, SIZE)
     backbone = _backbone()
-    log = _pretrain(backbone, videos, 30, clips_per_batch=4, frames_per_clip=3, lr=3e-3,
-                    log_period=1)
+    log = _pretrain(
+        backbone, videos, 30, clips_per_batch=4, frames_per_clip=3, lr=3e-3, log_period=1
+    )
     assert [e["iteration"] for e in log] == list(range(1, 31))
     for entry in log:
         assert set(entry["fg_accuracy"]) == set(ATTRIBUTES)

@@ -18,9 +18,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(
-    p for p in CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith("Base-")
-)
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith("Base-"))
 SMALL_MODEL = [
     "MODEL.DEVICE", "cpu",
     "MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM", 32,
@@ -70,8 +68,10 @@ def test_config_builds_and_trains_one_step(path, capsys):
         node.merge_from_list([item for kv in SMALL_SWIN.items() for item in kv])
     if not _text_encoder_available(cfg.MODEL.TEXT_ENCODER.NAME):
         with capsys.disabled():
-            print(f"\n{path.name}: {cfg.MODEL.TEXT_ENCODER.NAME} is not available offline, "
-                  "built with MiniLM instead")
+            print(
+                f"\n{path.name}: {cfg.MODEL.TEXT_ENCODER.NAME} is not available offline, "
+                "built with MiniLM instead"
+            )
         cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
     torch.manual_seed(0)
     model = build_model(cfg).train()

@@ -90,9 +90,7 @@ def test_refine_boxes_moves_points_and_boxes_in_logit_space():
     torch.testing.assert_close(moved[:, :2], expected_point)
     torch.testing.assert_close(moved[:, 2:], delta[:, 2:].sigmoid())
     torch.testing.assert_close(refine_boxes(torch.zeros(1, 4), box), box)
-    torch.testing.assert_close(
-        refine_boxes(delta, box), (inverse_sigmoid(box) + delta).sigmoid()
-    )
+    torch.testing.assert_close(refine_boxes(delta, box), (inverse_sigmoid(box) + delta).sigmoid())
     with pytest.raises(ValueError, match="4 values"):
         refine_boxes(torch.zeros(1, 2), point)
 

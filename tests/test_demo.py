@@ -17,11 +17,16 @@ from rvos_d2.engine.attribute_pretraining import backbone_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "Synthetic" / "ReferFormer-tiny.yaml"
 SMALL_MODEL = [
-    "MODEL.TINY_BACKBONE.WIDTH", "8",
-    "MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM", "32",
-    "MODEL.DEFORMABLE_TRANSFORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.DEFORMABLE_TRANSFORMER.ENC_LAYERS", "1",
-    "MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS", "1",
+    "MODEL.TINY_BACKBONE.WIDTH",
+    "8",
+    "MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM",
+    "32",
+    "MODEL.DEFORMABLE_TRANSFORMER.DIM_FEEDFORWARD",
+    "64",
+    "MODEL.DEFORMABLE_TRANSFORMER.ENC_LAYERS",
+    "1",
+    "MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS",
+    "1",
 ]
 
 
@@ -43,8 +48,21 @@ def frame_folder(synth_root) -> Path:
 
 
 def _run_demo(demo, video, text, output, *extra):
-    argv = ["--config-file", str(TINY_CONFIG), "--video", str(video), "--text", text,
-            "--output", str(output), "--opts", *SMALL_MODEL, "MODEL.WEIGHTS", "", *extra]
+    argv = [
+        "--config-file",
+        str(TINY_CONFIG),
+        "--video",
+        str(video),
+        "--text",
+        text,
+        "--output",
+        str(output),
+        "--opts",
+        *SMALL_MODEL,
+        "MODEL.WEIGHTS",
+        "",
+        *extra,
+    ]
     return demo.main(argv)
 
 
@@ -93,9 +111,19 @@ def test_main_job_prints_metrics_json_last(synth_root, tmp_path, monkeypatch, ca
     monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets))
     job = _load_tool("run_main_job")
     backbone = tmp_path / "backbone" / "attributes.pth"
-    opts = [*SMALL_MODEL, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-            "DATALOADER.NUM_WORKERS", "0", "INPUT.SAMPLING_FRAME_NUM", "2",
-            "MODEL.WEIGHTS", str(backbone)]
+    opts = [
+        *SMALL_MODEL,
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "INPUT.SAMPLING_FRAME_NUM",
+        "2",
+        "MODEL.WEIGHTS",
+        str(backbone),
+    ]
     args = ["--output-dir", str(tmp_path / "out"), "--pretrain-iterations", "2", *opts]
     assert job.main(args) == 0
     assert backbone.exists()  # pretrained first, since it was missing

@@ -32,7 +32,7 @@ def test_single_target_goes_to_the_best_sequence():
     outputs["pred_boxes"][0, :, 3] = boxes
     valid = torch.ones(1, t, dtype=torch.bool)
     target = {"valid": valid, "boxes": boxes[None], "masks": masks[None]}
-    (rows, cols), = SequenceMatcher(WEIGHTS)(outputs, [target])
+    ((rows, cols),) = SequenceMatcher(WEIGHTS)(outputs, [target])
     assert rows.tolist() == [3] and cols.tolist() == [0]
 
 
@@ -50,7 +50,7 @@ def test_two_targets_get_the_jointly_optimal_assignment():
         "boxes": torch.stack([b0, b1]),
         "masks": torch.stack([m0, m1]),
     }
-    (rows, cols), = SequenceMatcher(WEIGHTS)(outputs, [target])
+    ((rows, cols),) = SequenceMatcher(WEIGHTS)(outputs, [target])
     assert dict(zip(cols.tolist(), rows.tolist())) == {0: 2, 1: 0}
 
 
@@ -94,7 +94,7 @@ def test_one_slot_and_one_target_skip_the_costs(monkeypatch):
         raise AssertionError("costs computed for a forced assignment")
 
     monkeypatch.setattr(matcher, "cost_matrix", no_costs)
-    (rows, cols), = matcher(_random_outputs(t, 1), [target])
+    ((rows, cols),) = matcher(_random_outputs(t, 1), [target])
     assert rows.tolist() == [0] and cols.tolist() == [0]
     with pytest.raises(AssertionError, match="forced"):
         matcher(_random_outputs(t, 2), [target])  # two slots: the costs decide

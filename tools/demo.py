@@ -109,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     video = write_overlay_video(frames, masks, output / "overlay.mp4", fps=args.fps)
     logger.info(
         "done in %.1fs: %d masks in %s, overlay %s, mean score %.3f",
-        time.perf_counter() - start, len(masks), output / "masks", video, float(scores.mean()),
+        time.perf_counter() - start,
+        len(masks),
+        output / "masks",
+        video,
+        float(scores.mean()),
     )
     return 0
 

@@ -44,8 +44,9 @@ def ensure_synthetic_dataset() -> Path:
     root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "rvos_synth"
     if not (root / "meta_expressions" / "train" / "meta_expressions.json").exists():
         script = ROOT / "tools" / "make_synthetic.py"
-        subprocess.run([sys.executable, str(script), "--output", str(root), "--overwrite"],
-                       check=True)
+        subprocess.run(
+            [sys.executable, str(script), "--output", str(root), "--overwrite"], check=True
+        )
     return root
 
 
@@ -57,8 +58,9 @@ def pretraining_mismatch(weights: str, iterations: int) -> str | None:
     if record is None:
         return "it records no pretraining settings (written by another tool or an older version)"
     wanted = {"attributes": PRETRAIN_ATTRIBUTES.split(","), "iterations": iterations}
-    differing = [f"{k} {record.get(k)} (this job: {v})" for k, v in wanted.items()
-                 if record.get(k) != v]
+    differing = [
+        f"{k} {record.get(k)} (this job: {v})" for k, v in wanted.items() if record.get(k) != v
+    ]
     return "it was pretrained with " + ", ".join(differing) if differing else None
 
 
@@ -74,14 +76,29 @@ def ensure_pretrained_backbone(
     if Path(weights).exists():
         mismatch = pretraining_mismatch(weights, iterations)
         if mismatch:
-            print(f"warning: using MODEL.WEIGHTS {weights} as it is, although {mismatch}; "
-                  "delete it to pretrain again", file=sys.stderr)
+            print(
+                f"warning: using MODEL.WEIGHTS {weights} as it is, although {mismatch}; "
+                "delete it to pretrain again",
+                file=sys.stderr,
+            )
         return
     script = ROOT / "tools" / "pretrain_backbone.py"
     subprocess.run(
-        [sys.executable, str(script), "--config-file", str(config_file), "--attributes",
-         PRETRAIN_ATTRIBUTES, "--iterations", str(iterations), "--eval-split", "valid",
-         "--output", weights, *opts],
+        [
+            sys.executable,
+            str(script),
+            "--config-file",
+            str(config_file),
+            "--attributes",
+            PRETRAIN_ATTRIBUTES,
+            "--iterations",
+            str(iterations),
+            "--eval-split",
+            "valid",
+            "--output",
+            weights,
+            *opts,
+        ],
         check=True,
     )
 
@@ -109,10 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "output" / "main_job")
-    parser.add_argument("--from-scratch", action="store_true",
-                        help="ignore checkpoints of an earlier run in --output-dir")
-    parser.add_argument("--pretrain-iterations", type=int, default=1200,
-                        help="backbone pretraining iterations when MODEL.WEIGHTS is missing")
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="ignore checkpoints of an earlier run in --output-dir",
+    )
+    parser.add_argument(
+        "--pretrain-iterations",
+        type=int,
+        default=1200,
+        help="backbone pretraining iterations when MODEL.WEIGHTS is missing",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -1,4 +1,7 @@
 """Datasets, dataset mappers and clip-consistent transforms."""
 
 from rvos_d2.data import datasets  # noqa: F401  (registers the datasets)
-from rvos_d2.data.mappers import RVOSDatasetMapper  # noqa: F401
+from rvos_d2.data.build import DATASET_MAPPER_REGISTRY, build_dataset_mapper
+from rvos_d2.data.mappers import RVOSDatasetMapper
+
+__all__ = ["DATASET_MAPPER_REGISTRY", "RVOSDatasetMapper", "build_dataset_mapper"]

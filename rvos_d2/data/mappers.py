@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rvos_d2.data.build import DATASET_MAPPER_REGISTRY
 from rvos_d2.data.mask_io import load_target_mask
 from rvos_d2.data.transforms import (
     RandomAffine,
@@ -126,6 +127,7 @@ def _frame_instances(mask: np.ndarray | None, annotated: bool, image_size: tuple
     return instances
 
 
+@DATASET_MAPPER_REGISTRY.register()
 class RVOSDatasetMapper:
     """Dataset dict -> model input dict (image T x 3 x H x W uint8, expression, instances, ...)."""
 

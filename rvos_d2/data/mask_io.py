@@ -16,7 +16,14 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from rvos_d2.utils.registry import NamedRegistry
 
+MASK_READER_REGISTRY = NamedRegistry("MASK_READER")
+MASK_READER_REGISTRY.__doc__ = """Readers of one frame's target mask, keyed by the annotation's
+"type"; each takes (annotation dict, object ids) and returns an H x W bool array."""
+
+
+@MASK_READER_REGISTRY.register_as("palette_png")
 def _read_palette_png(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     path = ann["file"]
     try:
@@ -27,6 +34,7 @@ def _read_palette_png(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     return np.isin(ids, np.asarray(obj_ids, dtype=ids.dtype))
 
 
+@MASK_READER_REGISTRY.register_as("rle")
 def _read_rle(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     return mask_utils.decode(ann["rle"]).astype(bool)
 
@@ -46,6 +54,7 @@ def _mevis_mask_dict(path: str) -> dict[str, list]:
     return data
 
 
+@MASK_READER_REGISTRY.register_as("mevis_rle")
 def _read_mevis_rle(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     """Union over the expression's anno_ids of their RLE at frame `ann["frame"]` (null = absent).
 
@@ -72,20 +81,17 @@ def _read_mevis_rle(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     return np.zeros(size, dtype=bool)
 
 
-MASK_READERS = {"palette_png": _read_palette_png, "rle": _read_rle, "mevis_rle": _read_mevis_rle}
-
-
 def load_target_mask(dataset_dict: dict[str, Any], frame_idx: int) -> np.ndarray | None:
     """Returns frame `frame_idx`'s H x W bool target mask, or None for an unannotated frame."""
     ann = dataset_dict["mask_annotations"][frame_idx]
     if ann is None:
         return None
-    reader = MASK_READERS.get(ann["type"])
-    if reader is None:
+    if ann["type"] not in MASK_READER_REGISTRY:
         raise ValueError(
             f"video {dataset_dict.get('video_id')}: unknown mask annotation type {ann['type']!r}; "
-            f"known: {sorted(MASK_READERS)}"
+            f"known: {MASK_READER_REGISTRY.names()}"
         )
+    reader = MASK_READER_REGISTRY.get(ann["type"])
     mask = reader(ann, dataset_dict["obj_ids"])
     expected = (dataset_dict.get("height"), dataset_dict.get("width"))
     if None not in expected and mask.shape != expected:

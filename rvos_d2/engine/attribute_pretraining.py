@@ -207,9 +207,7 @@ def _foreground_counts(
     return torch.stack(correct).cpu(), torch.stack(total).cpu()
 
 
-def _accuracy(
-    correct: Tensor, total: Tensor, attributes: Sequence[str]
-) -> dict[str, float | None]:
+def _accuracy(correct: Tensor, total: Tensor, attributes: Sequence[str]) -> dict[str, float | None]:
     """Foreground accuracy per attribute; None where there is no foreground pixel."""
     return {
         name: (correct[a] / total[a]).item() if total[a] else None

@@ -21,7 +21,6 @@ from rvos_d2.engine.launch import create_ddp_model
 from rvos_d2.engine.optimizer import build_optimizer
 
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import DatasetEvaluator, verify_results
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -117,17 +116,15 @@ class RVOSTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        from rvos_d2.data.mappers import RVOSDatasetMapper
+        from rvos_d2.data.build import build_train_loader
 
-        return build_detection_train_loader(cfg, mapper=RVOSDatasetMapper(cfg, is_train=True))
+        return build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        from rvos_d2.data.mappers import RVOSDatasetMapper
+        from rvos_d2.data.build import build_test_loader
 
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=RVOSDatasetMapper(cfg, is_train=False)
-        )
+        return build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(

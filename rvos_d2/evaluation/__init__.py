@@ -1,8 +1,14 @@
 """Metrics and detectron2 evaluators for referring video object segmentation."""
 
 from rvos_d2.evaluation.a2d_evaluator import A2DEvaluator
-from rvos_d2.evaluation.build import build_evaluator
+from rvos_d2.evaluation.build import EVALUATOR_REGISTRY, build_evaluator
 from rvos_d2.evaluation.rvos_evaluator import RVOSEvaluator
 from rvos_d2.evaluation.submission import RVOSSubmissionWriter
 
-__all__ = ["A2DEvaluator", "RVOSEvaluator", "RVOSSubmissionWriter", "build_evaluator"]
+__all__ = [
+    "EVALUATOR_REGISTRY",
+    "A2DEvaluator",
+    "RVOSEvaluator",
+    "RVOSSubmissionWriter",
+    "build_evaluator",
+]

@@ -16,6 +16,7 @@ import numpy as np
 
 from rvos_d2.data.mask_io import load_target_mask
 from rvos_d2.evaluation import metrics
+from rvos_d2.evaluation.build import EVALUATOR_REGISTRY
 from rvos_d2.evaluation.predictions import (
     find_dataset_dict,
     gather_records,
@@ -88,6 +89,7 @@ def write_per_frame_csv(samples: list[dict[str, Any]], path: str) -> None:
             writer.writerow([s["video_id"], s["exp_id"], s["frame"], f"{iou:.6f}", s["score"]])
 
 
+@EVALUATOR_REGISTRY.register_as("a2d")
 class A2DEvaluator(DatasetEvaluator):
     """Frame-level referring segmentation metrics on annotated frames; results under "a2d"."""
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from rvos_d2.data.mask_io import load_target_mask
 from rvos_d2.evaluation import metrics
+from rvos_d2.evaluation.build import EVALUATOR_REGISTRY
 from rvos_d2.evaluation.predictions import (
     find_dataset_dict,
     gather_records,
@@ -129,6 +130,7 @@ def write_per_video_csv(
             writer.writerow(row + [f"{j:.6f}", f"{fm:.6f}", f"{(j + fm) / 2:.6f}", len(r["J"])])
 
 
+@EVALUATOR_REGISTRY.register_as("rvos")
 class RVOSEvaluator(DatasetEvaluator):
     """J&F, prec@t and IoU of a dataset with masks; results under the "rvos" key.
 

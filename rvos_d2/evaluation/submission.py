@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rvos_d2.evaluation.build import EVALUATOR_REGISTRY
 from rvos_d2.evaluation.predictions import (
     find_dataset_dict,
     gather_records,
@@ -52,6 +53,7 @@ def write_submission_zip(output_dir: str, relative_paths: list[str]) -> str:
     return zip_path
 
 
+@EVALUATOR_REGISTRY.register_as("rvos_submission")
 class RVOSSubmissionWriter(DatasetEvaluator):
     """Writes the masks of a split without ground truth for a challenge server; no metrics."""
 

@@ -37,9 +37,9 @@ class SequenceCriterion(nn.Module):
         """outputs: the final layer's predictions (see SequenceMatcher) and, optionally,
         "aux_outputs": a list of the same dicts for the earlier decoder layers."""
         device = outputs["pred_logits"].device
-        num_frames = sum(
-            (t["valid"] & t.get("annotated", True)).sum() for t in targets
-        ).to(device=device, dtype=torch.float)
+        num_frames = sum((t["valid"] & t.get("annotated", True)).sum() for t in targets).to(
+            device=device, dtype=torch.float
+        )
         num_sequences = torch.tensor(
             float(sum(t["valid"].shape[0] for t in targets)), device=device
         )
@@ -80,7 +80,8 @@ class SequenceCriterion(nn.Module):
         )
         w = self.weights
         return {
-            "loss_cls": w.cls * (focal_loss(logits, class_targets) * class_weights).sum()
+            "loss_cls": w.cls
+            * (focal_loss(logits, class_targets) * class_weights).sum()
             / num_frames,
             "loss_bbox": w.l1 * (pred_boxes - tgt_boxes).abs().sum() / num_frames,
             "loss_giou": w.giou * giou / num_frames,

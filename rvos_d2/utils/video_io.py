@@ -21,7 +21,7 @@ def read_video_frames(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"video not found: {path}")
-    frames, names = (_read_folder(path) if path.is_dir() else _read_file(path))
+    frames, names = _read_folder(path) if path.is_dir() else _read_file(path)
     if not frames:
         raise ValueError(f"no frames could be read from {path}")
     sizes = {f.shape[:2] for f in frames}

@@ -118,16 +118,14 @@ def read_jhmdb_mask(path: str | Path, frame: int) -> np.ndarray:
     return part_mask[:, :, frame] > 0
 
 
+@mask_io.MASK_READER_REGISTRY.register_as("a2d_h5")
 def _a2d_h5_reader(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     return read_a2d_masks(ann["file"], obj_ids)
 
 
+@mask_io.MASK_READER_REGISTRY.register_as("jhmdb_mat")
 def _jhmdb_mat_reader(ann: dict[str, Any], obj_ids: list[int]) -> np.ndarray:
     return read_jhmdb_mask(ann["file"], ann["frame"])
-
-
-mask_io.MASK_READERS["a2d_h5"] = _a2d_h5_reader
-mask_io.MASK_READERS["jhmdb_mat"] = _jhmdb_mat_reader
 
 
 # ---------------------------------------------------------------------------- shared helpers
