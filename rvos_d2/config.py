@@ -33,6 +33,7 @@ def _add_input_config(cfg: CN) -> None:
 def _add_text_encoder_config(cfg: CN) -> None:
     """Language encoder shared by all methods (rvos_d2.modeling.text_encoder)."""
     cfg.MODEL.TEXT_ENCODER = CN()
+    cfg.MODEL.TEXT_ENCODER.TYPE = "TextEncoder"  # class registered in TEXT_ENCODER_REGISTRY
     # "minilm" = the offline all-MiniLM-L6-v2 package; otherwise a transformers name or local path
     cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
     cfg.MODEL.TEXT_ENCODER.FREEZE = True  # keep the language model's weights fixed

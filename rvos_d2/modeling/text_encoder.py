@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rvos_d2.modeling.registry import TEXT_ENCODER_REGISTRY
+
 from detectron2.config import CfgNode, configurable
 
 __all__ = ["TextEncoder", "TextFeatures", "build_text_encoder", "resolve_model_path"]
@@ -81,6 +83,7 @@ class FeatureResizer(nn.Module):
         return self.dropout(self.norm(self.fc(x)))
 
 
+@TEXT_ENCODER_REGISTRY.register()
 class TextEncoder(nn.Module):
     """Encodes a batch of expressions into word features, padding mask and sentence feature.
 
@@ -223,6 +226,6 @@ def _complete_language_model(module: TextEncoder, state_dict: dict, prefix: str,
         state_dict.setdefault(prefix + LANGUAGE_MODEL_PREFIX + key, value)
 
 
-def build_text_encoder(cfg: CfgNode, out_dim: int) -> TextEncoder:
-    """The text encoder described by MODEL.TEXT_ENCODER, projecting to `out_dim`."""
-    return TextEncoder(cfg, out_dim=out_dim)
+def build_text_encoder(cfg: CfgNode, out_dim: int) -> nn.Module:
+    """The text encoder named by MODEL.TEXT_ENCODER.TYPE, projecting to `out_dim`."""
+    return TEXT_ENCODER_REGISTRY.get(cfg.MODEL.TEXT_ENCODER.TYPE)(cfg, out_dim=out_dim)
