@@ -8,6 +8,8 @@ Each `_add_*` function below owns one group of keys.
 from collections.abc import Sequence
 from os import PathLike
 
+from rvos_d2.modeling.propagation.config import add_propagation_config
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -137,6 +139,7 @@ def add_rvos_config(cfg: CN) -> None:
     _add_referformer_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+    add_propagation_config(cfg)
 
 
 def load_config(config_file: str | PathLike | None, opts: Sequence[str] = ()) -> CN:
