@@ -19,7 +19,7 @@ __all__ = ["Tracklets", "tracklet_iou", "tracklet_nms", "tracklet_scores"]
 # A float32 matrix product sums 0/1 products exactly while every row holds at most 2^24 pixels.
 EXACT_FLOAT32_SUM = 2**24
 # Default limit on the elements of the float buffers one time chunk of tracklet_iou allocates.
-DEFAULT_CHUNK_ELEMENTS = 2**26
+DEFAULT_CHUNK_ELEMENTS = 2**24
 
 
 @dataclass
@@ -136,7 +136,7 @@ def tracklet_iou(
         masks_b: Q x T x H x W, or None for the IoU of `masks_a` with itself.
         downsample: keep every k-th pixel in each direction (approximate, k^2 times cheaper).
         chunk_frames: frames per matrix product; None picks as many as keep the float buffers
-            under 2^26 elements and the sums exact in float32.
+            under 2^24 elements and the sums exact in float32.
         mask_threshold: probabilities above it count as foreground.
 
     Returns:
