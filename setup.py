@@ -39,6 +39,14 @@ def find_cuda_home() -> str | None:
     return next((c for c in candidates if c), None)
 
 
+def _visible_cuda_archs(torch) -> list[str]:
+    """Compute capabilities ("9.0") of the visible GPUs, in order, without repeats."""
+    if not torch.cuda.is_available():
+        return []
+    caps = (torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
+    return list(dict.fromkeys(f"{major}.{minor}" for major, minor in caps))
+
+
 def get_extensions():
     cuda_home = find_cuda_home()
     if cuda_home:
@@ -60,12 +68,17 @@ def get_extensions():
     define_macros = []
     extension = CppExtension
     if use_cuda and cuda_sources:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            # Without a GPU torch would compile for every architecture it knows: keep it short.
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # The visible GPUs (torch's own default), else one architecture: without a GPU torch
+            # would compile for every architecture it knows.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(_visible_cuda_archs(torch)) or "9.0"
         extension = CUDAExtension
         sources += cuda_sources
         define_macros.append(("WITH_CUDA", None))
+        # Recorded in the extension (rvos_d2._C.cuda_arch_list()), entries joined by "_" so the
+        # macro survives the shell unquoted.
+        arch_list = "_".join(re.split(r"[;\s]+", os.environ["TORCH_CUDA_ARCH_LIST"].strip()))
+        define_macros.append(("RVOS_D2_CUDA_ARCH_LIST", arch_list))
         extra_compile_args["nvcc"] = [
             "-O3",
             "-D__CUDA_NO_HALF_OPERATORS__",

@@ -2,13 +2,17 @@
 
 `ms_deform_attn` runs the compiled `rvos_d2._C` kernels (C++ on CPU, CUDA on GPUs) through an
 autograd Function, and falls back to `ms_deform_attn_reference` (built on `grid_sample`) where the
-extension is missing or has no kernel for the inputs' device and dtype.
+extension is missing, fails to load, or has no kernel for the inputs' device; the first fallback
+for each cause logs one warning naming it and the command that rebuilds the extension.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import re
 import weakref
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -17,20 +21,100 @@ from torch.autograd.function import once_differentiable
 
 logger = logging.getLogger(__name__)
 
-try:
-    from rvos_d2 import _C
-except ImportError:  # the package was installed without compiling its extension
-    _C = None
+REBUILD_COMMAND = (
+    "rebuild it inside the project's virtual environment with "
+    "`pip install --no-build-isolation -e .` (or `make setup`)"
+)
 
-_MISSING_EXTENSION_WARNED = False
+
+def describe_load_error(error: BaseException) -> str:
+    """One sentence on why `rvos_d2._C` did not load, with the likely cause where it is known."""
+    if isinstance(error, ModuleNotFoundError) and error.name == "rvos_d2._C":
+        return "rvos_d2._C is not compiled (the package was installed without building it)"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = f"rvos_d2._C failed to load ({type(error).__name__}: {message})"
+    if "undefined symbol" in message:
+        return text + ": it was built against another PyTorch version"
+    if re.search(r"lib(cudart|cuda|c10_cuda|torch_cuda|nvrtc)[\w.-]*\.so", message):
+        return text + ": it was built for another CUDA version or without one"
+    return text
+
+
+def _load_extension() -> tuple[ModuleType | None, str | None]:
+    """Imports `rvos_d2._C`; on any failure returns (None, why) so the op can fall back."""
+    try:
+        return importlib.import_module("rvos_d2._C"), None
+    except Exception as error:  # a broken binary may raise more than ImportError
+        return None, describe_load_error(error)
+
+
+_C, _LOAD_ERROR = _load_extension()
+_WARNED: set[str] = set()
+# device index -> why the compiled CUDA kernels cannot run there (None: they can)
+_CUDA_PROBLEMS: dict[int, str | None] = {}
 # (weakref spatial_shapes, weakref level_start_index, (versions, S)) of the last verified layout
 _LAST_VALID_LAYOUT = None
 _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+_CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def compiled_op_available() -> bool:
     """True when the compiled extension `rvos_d2._C` was imported."""
     return _C is not None
+
+
+def compiled_op_status() -> dict:
+    """What the compiled extension is: loaded or why not, file, CUDA kernels and architectures."""
+    if _C is None:
+        return {"loaded": False, "error": _LOAD_ERROR}
+    archs = _C.cuda_arch_list()
+    return {
+        "loaded": True,
+        "file": getattr(_C, "__file__", None),
+        "cuda": bool(_C.has_cuda()),
+        "cuda_arch_list": archs.split("_") if archs else [],
+    }
+
+
+def cuda_kernel_problem(device: torch.device | int) -> str | None:
+    """Why the compiled CUDA kernels cannot run on `device`, or None when they can (cached)."""
+    index = torch.device("cuda", device).index if isinstance(device, int) else device.index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _CUDA_PROBLEMS:
+        _CUDA_PROBLEMS[index] = _probe_cuda_kernels(index)
+    return _CUDA_PROBLEMS[index]
+
+
+def _probe_cuda_kernels(index: int) -> str | None:
+    if _C is None:
+        return _LOAD_ERROR
+    if not _C.has_cuda():
+        return (
+            "rvos_d2._C was built without CUDA kernels (no CUDA toolkit was found when it was "
+            "compiled) and the inputs are on a GPU"
+        )
+    error, _, _ = _C.cuda_kernel_image(index)
+    if not error:
+        return None
+    major, minor = torch.cuda.get_device_capability(index)
+    archs = _C.cuda_arch_list().replace("_", ";") or "unknown"
+    return (
+        f"rvos_d2._C has no CUDA kernel for {torch.cuda.get_device_name(index)} (compute "
+        f"capability {major}.{minor}; built for TORCH_CUDA_ARCH_LIST={archs}): {error}; on this "
+        "machine the build targets the visible GPU, or set TORCH_CUDA_ARCH_LIST"
+    )
+
+
+def _warn_once(cause: str) -> None:
+    """Logs the fallback to the PyTorch path once per cause."""
+    if cause in _WARNED:
+        return
+    _WARNED.add(cause)
+    logger.warning(
+        "%s. Multi-scale deformable attention runs on the slower pure-PyTorch path; %s.",
+        cause,
+        REBUILD_COMMAND,
+    )
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -219,20 +303,24 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         )
 
 
-def _has_kernel(value: Tensor) -> bool:
-    """Whether the compiled extension covers this device and dtype."""
-    global _MISSING_EXTENSION_WARNED
+def _kernel_dtype(value: Tensor) -> torch.dtype | None:
+    """The dtype the compiled op runs `value` in, or None for the PyTorch path (warned once).
+
+    CUDA kernels take every floating dtype (16-bit ones accumulate in float32); the CPU kernels
+    take float32 / float64, so 16-bit CPU values run in float32 and are cast back.
+    """
     if _C is None:
-        if not _MISSING_EXTENSION_WARNED:
-            logger.warning(
-                "rvos_d2._C is not compiled: multi-scale deformable attention uses the slower "
-                "pure-PyTorch path. Build it with `pip install --no-build-isolation -e .`."
-            )
-            _MISSING_EXTENSION_WARNED = True
-        return False
+        _warn_once(_LOAD_ERROR)
+        return None
     if value.is_cuda:
-        return bool(_C.has_cuda())
-    return value.device.type == "cpu" and value.dtype in (torch.float32, torch.float64)
+        problem = cuda_kernel_problem(value.device)
+        if problem is not None:
+            _warn_once(problem)
+            return None
+        return value.dtype
+    if value.device.type != "cpu":
+        return None
+    return value.dtype if value.dtype in _CPU_KERNEL_DTYPES else torch.float32
 
 
 def ms_deform_attn(
@@ -243,6 +331,9 @@ def ms_deform_attn(
     attention_weights: Tensor,
 ) -> Tensor:
     """Multi-scale deformable attention (Deformable DETR), dispatched by device.
+
+    Runs the compiled kernels in the value's dtype where they cover it (float16 / bfloat16 on
+    CUDA, so autocast keeps 16-bit values), else the pure-PyTorch path.
 
     Args:
         value: N x S x M x D, the flattened levels of every head.
@@ -257,10 +348,16 @@ def ms_deform_attn(
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
-    if _has_kernel(value):
-        return _MSDeformAttnFunction.apply(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    kernel_dtype = _kernel_dtype(value)
+    if kernel_dtype is not None:
+        output = _MSDeformAttnFunction.apply(
+            value.to(kernel_dtype),
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
         )
+        return output.to(value.dtype)
     return ms_deform_attn_reference(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )

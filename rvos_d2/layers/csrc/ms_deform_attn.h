@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+#include <tuple>
 #include <vector>
 
 namespace rvos_d2 {
@@ -48,6 +50,9 @@ std::vector<at::Tensor> ms_deform_attn_backward_cuda(const at::Tensor& value,
                                                      const at::Tensor& sampling_locations,
                                                      const at::Tensor& attention_weights,
                                                      const at::Tensor& grad_output);
+// Whether this build holds a kernel image the given GPU can run: {"" or the CUDA error,
+// binary (SASS) version, PTX version} of the forward kernel as the driver resolves it.
+std::tuple<std::string, int64_t, int64_t> ms_deform_attn_cuda_image(int64_t device);
 #endif
 
 }  // namespace rvos_d2

@@ -180,4 +180,15 @@ std::vector<at::Tensor> ms_deform_attn_backward_cuda(const at::Tensor& value,
   return {grad_value.to(value.scalar_type()), grad_locations, grad_weights};
 }
 
+std::tuple<std::string, int64_t, int64_t> ms_deform_attn_cuda_image(int64_t device) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  cudaFuncAttributes attributes;
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, forward_kernel<float, float>);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky error so later launches are unaffected
+    return {cudaGetErrorString(status), 0, 0};
+  }
+  return {"", attributes.binaryVersion, attributes.ptxVersion};
+}
+
 }  // namespace rvos_d2
