@@ -3,5 +3,11 @@
 from rvos_d2.data import datasets  # noqa: F401  (registers the datasets)
 from rvos_d2.data.build import DATASET_MAPPER_REGISTRY, build_dataset_mapper
 from rvos_d2.data.mappers import RVOSDatasetMapper
+from rvos_d2.data.vos_mapper import VOSDatasetMapper
 
-__all__ = ["DATASET_MAPPER_REGISTRY", "RVOSDatasetMapper", "build_dataset_mapper"]
+__all__ = [
+    "DATASET_MAPPER_REGISTRY",
+    "RVOSDatasetMapper",
+    "VOSDatasetMapper",
+    "build_dataset_mapper",
+]
