@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from rvos_d2.modeling.backbone.swin_layers import (
     SwinBackboneBase,
+    WindowOptions,
     pad_to_multiple,
     swin_kwargs,
 )
@@ -50,6 +51,8 @@ class D2SwinTransformer(SwinBackboneBase):
         patch_norm: bool = True,
         out_features: list[str] = ("res2", "res3", "res4", "res5"),
         use_checkpoint: bool = False,
+        window_options: WindowOptions = WindowOptions(),
+        out_norm: bool = True,
     ) -> None:
         super().__init__(
             embed_dim=embed_dim,
@@ -61,6 +64,8 @@ class D2SwinTransformer(SwinBackboneBase):
             drop_path_rate=drop_path_rate,
             out_features=list(out_features),
             use_checkpoint=use_checkpoint,
+            window_options=window_options,
+            out_norm=out_norm,
             config_prefix="MODEL.SWIN",
         )
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)

@@ -8,11 +8,13 @@ so that converting them is a key mapping.
 Two documented choices: a window larger than the feature map along a dimension is clipped to it
 (and that dimension is not shifted), as in Video Swin and the classification Swin; tokens added
 by padding to a multiple of the window are masked out of the attention, so padding never changes
-the features of real positions.
+the features of real positions. `WindowOptions` switches each choice to what the detection Swin
+and the Video Swin used by ReferFormer compute, so that their checkpoints give their numbers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -23,11 +25,37 @@ from torch.utils.checkpoint import checkpoint
 from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
 
-__all__ = ["SwinBackboneBase", "SwinBlock", "WindowAttention", "PatchMerging", "SwinStage"]
+__all__ = [
+    "PatchMerging",
+    "SwinBackboneBase",
+    "SwinBlock",
+    "SwinStage",
+    "WindowAttention",
+    "WindowOptions",
+]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 Size3 = tuple[int, int, int]
 MASKED = -100.0  # added to attention logits between tokens that must not attend to each other
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """How windows treat feature maps smaller than the window and the tokens added by padding.
+
+    clip_window: a window larger than the map along a dimension shrinks to it and that dimension
+        is not shifted (Video Swin, classification Swin); False pads the map up to the full
+        window and shifts it as usual (detection Swin).
+    mask_padding: tokens added by padding never serve as keys; False lets them act as keys (the
+        zero vectors after norm1), as the official implementations do.
+    truncated_bias: a clipped window of N tokens reads the bias table through the first N x N
+        entries of the full window's index (official Video Swin) rather than through its own
+        relative offsets.
+    """
+
+    clip_window: bool = True
+    mask_padding: bool = True
+    truncated_bias: bool = False
 
 
 class DropPath(nn.Module):
@@ -145,12 +173,15 @@ def attention_mask(labels: tuple[Tensor, Tensor], dtype: torch.dtype) -> Tensor:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias."""
 
-    def __init__(self, dim: int, window: Size3, num_heads: int, qkv_bias: bool) -> None:
+    def __init__(
+        self, dim: int, window: Size3, num_heads: int, qkv_bias: bool, truncated_bias: bool = False
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Swin: width {dim} is not divisible by {num_heads} heads")
         self.window = window
         self.num_heads = num_heads
+        self.truncated_bias = truncated_bias
         table_size = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(table_size, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -160,9 +191,13 @@ class WindowAttention(nn.Module):
     def relative_position_bias(self, window: Size3) -> Tensor:
         """heads x N x N bias for a (possibly clipped) window."""
         table = self.relative_position_bias_table
-        index = relative_position_index(window, self.window, table.device)
+        if self.truncated_bias:
+            n = window[0] * window[1] * window[2]
+            index = relative_position_index(self.window, self.window, table.device)[:n, :n]
+        else:
+            index = relative_position_index(window, self.window, table.device)
         n = index.shape[0]
-        return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        return table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
 
     def forward(
         self, x: Tensor, window: Size3, labels: tuple[Tensor, Tensor] | None = None
@@ -195,11 +230,12 @@ class SwinBlock(nn.Module):
         mlp_ratio: float,
         qkv_bias: bool,
         drop_path: float,
+        options: WindowOptions = WindowOptions(),
     ) -> None:
         super().__init__()
-        self.window, self.shift = window, shift
+        self.window, self.shift, self.options = window, shift, options
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window, num_heads, qkv_bias)
+        self.attn = WindowAttention(dim, window, num_heads, qkv_bias, options.truncated_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -207,14 +243,18 @@ class SwinBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, d, h, w, _ = x.shape
         size = (d, h, w)
-        window, shift = effective_window(self.window, self.shift, size)
+        if self.options.clip_window:
+            window, shift = effective_window(self.window, self.shift, size)
+        else:
+            window, shift = self.window, self.shift
         padded = tuple(-(-n // k) * k for n, k in zip(size, window))
         y = self.norm1(x)
         if padded != size:
             y = F.pad(y, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - d))
         if any(shift):
             y = torch.roll(y, shifts=[-s for s in shift], dims=(1, 2, 3))
-        labels = window_labels(padded, size, window, shift, x.device)
+        valid_size = size if self.options.mask_padding else padded
+        labels = window_labels(padded, valid_size, window, shift, x.device)
         y = self.attn(window_partition(y, window), window, labels)
         y = window_reverse(y, window, b, padded)
         if any(shift):
@@ -257,6 +297,7 @@ class SwinStage(nn.Module):
         drop_path: list[float],
         downsample: bool,
         use_checkpoint: bool,
+        options: WindowOptions = WindowOptions(),
     ) -> None:
         super().__init__()
         half = tuple(k // 2 for k in window)
@@ -269,6 +310,7 @@ class SwinStage(nn.Module):
                 mlp_ratio,
                 qkv_bias,
                 drop_path[j],
+                options,
             )
             for j in range(depth)
         )
@@ -286,8 +328,9 @@ class SwinStage(nn.Module):
 
 
 class SwinBackboneBase(Backbone):
-    """The four Swin stages with a LayerNorm on every returned stage (norm{i}); subclasses add
-    the patch embedding (`patch_embed`) and the input layout."""
+    """The four Swin stages, with a LayerNorm on every returned stage (norm{i}) when `out_norm`
+    (Video Swin as ReferFormer uses it has none); subclasses add the patch embedding
+    (`patch_embed`) and the input layout."""
 
     def __init__(
         self,
@@ -302,6 +345,8 @@ class SwinBackboneBase(Backbone):
         out_features: list[str],
         use_checkpoint: bool,
         config_prefix: str,
+        window_options: WindowOptions = WindowOptions(),
+        out_norm: bool = True,
     ) -> None:
         super().__init__()
         if len(depths) != 4 or len(num_heads) != 4:
@@ -333,13 +378,16 @@ class SwinBackboneBase(Backbone):
                     drop_path=rates[start : start + depths[i]],
                     downsample=i < num_stages - 1,
                     use_checkpoint=use_checkpoint,
+                    options=window_options,
                 )
             )
         self._out_feature_channels = {}
         self._out_feature_strides = {}
+        self.out_norm = out_norm
         for name in self._out_features:
             i = STAGE_NAMES.index(name)
-            self.add_module(f"norm{i}", nn.LayerNorm(embed_dim * 2**i))
+            if out_norm:
+                self.add_module(f"norm{i}", nn.LayerNorm(embed_dim * 2**i))
             self._out_feature_channels[name] = embed_dim * 2**i
             self._out_feature_strides[name] = 4 * 2**i
         self.apply(_init_weights)
@@ -351,7 +399,8 @@ class SwinBackboneBase(Backbone):
             out, x = layer(x)
             name = STAGE_NAMES[i]
             if name in self._out_features:
-                out = getattr(self, f"norm{i}")(out)
+                if self.out_norm:
+                    out = getattr(self, f"norm{i}")(out)
                 outputs[name] = out.flatten(0, 1).permute(0, 3, 1, 2).contiguous()
         return outputs
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from rvos_d2.modeling.backbone.swin_layers import (
     SwinBackboneBase,
+    WindowOptions,
     pad_to_multiple,
     swin_kwargs,
 )
@@ -57,6 +58,8 @@ class VideoSwinTransformer(SwinBackboneBase):
         patch_norm: bool = True,
         out_features: list[str] = ("res2", "res3", "res4", "res5"),
         use_checkpoint: bool = False,
+        window_options: WindowOptions = WindowOptions(),
+        out_norm: bool = True,
     ) -> None:
         if len(window_size) != 3:
             raise ValueError(f"MODEL.VIDEO_SWIN.WINDOW_SIZE={window_size}: expected (T, H, W)")
@@ -70,6 +73,8 @@ class VideoSwinTransformer(SwinBackboneBase):
             drop_path_rate=drop_path_rate,
             out_features=list(out_features),
             use_checkpoint=use_checkpoint,
+            window_options=window_options,
+            out_norm=out_norm,
             config_prefix="MODEL.VIDEO_SWIN",
         )
         self.patch_embed = PatchEmbed3D(embed_dim, patch_norm)
