@@ -4,14 +4,24 @@ With CUDA, `launch` is detectron2's launch (NCCL, one process per GPU, multi-mac
 ``--num-machines/--machine-rank/--dist-url``). Without CUDA, ``num_gpus_per_machine`` is read as
 the number of worker processes per machine: they are spawned with the gloo backend, share the
 machine's CPU cores, and the multi-machine arguments keep their meaning.
+
+Workers exit when their launcher dies, even by SIGKILL (Linux: the parent-death signal of prctl;
+elsewhere a thread that polls the parent), so none keeps training and writing checkpoints.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import inspect
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -32,6 +42,40 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 _DDP_HAS_FORWARD_SYNC = (
     "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
 )
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_SECONDS = 1.0  # how often a worker without prctl checks that its launcher lives
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """Asks Linux to send `sig` to this process when its parent dies; False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(launcher_pid: int) -> None:
+    while os.getppid() == launcher_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def exit_with_launcher(launcher_pid: int) -> None:
+    """Makes this worker process end as soon as its launcher (pid `launcher_pid`) dies."""
+    if not _set_parent_death_signal(signal.SIGKILL):
+        threading.Thread(target=_watch_parent, args=(launcher_pid,), daemon=True).start()
+    if os.getppid() != launcher_pid:  # the launcher died before the signal was armed
+        os._exit(1)
+
+
+def _run_tied_to_launcher(launcher_pid: int, main_func: Callable[..., Any], *args: Any) -> Any:
+    exit_with_launcher(launcher_pid)
+    return main_func(*args)
 
 
 def _free_local_url() -> str:
@@ -57,7 +101,7 @@ def launch(
     """
     if torch.cuda.is_available():
         d2_launch(
-            main_func,
+            functools.partial(_run_tied_to_launcher, os.getpid(), main_func),
             num_gpus_per_machine,
             num_machines=num_machines,
             machine_rank=machine_rank,
@@ -85,7 +129,16 @@ def launch(
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+            os.getpid(),
+        ),
         daemon=False,
         start_method="spawn",
     )
@@ -113,7 +166,9 @@ def _cpu_worker(
     dist_url: str,
     args: tuple,
     timeout: timedelta,
+    launcher_pid: int,
 ) -> None:
+    exit_with_launcher(launcher_pid)
     global_rank = machine_rank * num_workers_per_machine + local_rank
     try:
         dist.init_process_group(

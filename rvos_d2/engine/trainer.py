@@ -3,22 +3,25 @@
 Differences from DefaultTrainer: clip mappers for training and inference, rvos_d2 evaluators,
 parameter-grouped AdamW/SGD (rvos_d2.engine.optimizer), DistributedDataParallel without
 ``device_ids`` on the CPU, fp32 training with a warning when AMP is requested without CUDA,
-code-free checkpoint loading (RVOSCheckpointer), and a clear error for an unknown
-MODEL.META_ARCHITECTURE. Hooks (checkpointing, evaluation, writers) are detectron2's defaults.
+code-free checkpoint loading (RVOSCheckpointer), a model_final.pth after every resumed run, and
+a clear error for an unknown MODEL.META_ARCHITECTURE. Hooks (checkpointing, evaluation, writers)
+are detectron2's defaults.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 import weakref
 
 import torch
 from torch import nn
 
-from rvos_d2.engine.checkpoint import RVOSCheckpointer
+from rvos_d2.engine.checkpoint import RVOSCheckpointer, check_checkpoint_file
 from rvos_d2.engine.launch import create_ddp_model
 from rvos_d2.engine.optimizer import build_optimizer
+from rvos_d2.utils.cli import UserError
 
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
@@ -80,11 +83,29 @@ class RVOSTrainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = _step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = RVOSCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = RVOSCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL,
+            trainer=weakref.proxy(self),
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """detectron2's resume_or_load; a run resumed at its end also ends with a complete
+        model_final.pth (a crash while writing it may have left none)."""
+        super().resume_or_load(resume=resume)
+        if not (resume and self.start_iter >= self.max_iter and comm.is_main_process()):
+            return
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        try:
+            check_checkpoint_file(final)
+        except UserError as err:
+            logging.getLogger(__name__).warning(f"{err}; writing it from the resumed state")
+            self.checkpointer.save("model_final", iteration=self.start_iter - 1)
 
     def state_dict(self) -> dict:
         # Adds the optimizer (and AMP grad scaler) state under "_trainer", as detectron2 after
@@ -139,7 +160,9 @@ class RVOSTrainer(DefaultTrainer):
 def evaluate(cfg: CfgNode, resume: bool = False) -> dict:
     """Evaluates MODEL.WEIGHTS (with `resume`: the last checkpoint in OUTPUT_DIR) on TEST sets."""
     model = RVOSTrainer.build_model(cfg)
-    checkpointer = RVOSCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer = RVOSCheckpointer(
+        model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL
+    )
     if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
         raise ValueError(
             "evaluation needs weights: set MODEL.WEIGHTS (or resume with a checkpoint in "

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from rvos_d2.utils.cli import InputFileError
+from rvos_d2.utils.image_io import read_image
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 OVERLAY_COLOR = np.array([255, 64, 32], dtype=np.float32)  # RGB
 
+logger = logging.getLogger(__name__)
 
-def read_video_frames(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
+
+def read_video_frames(
+    path: str | Path, allow_incomplete: bool = False
+) -> tuple[list[np.ndarray], list[str]]:
     """Returns the RGB uint8 frames of a video file or frame folder, and a name for each frame.
 
-    Raises FileNotFoundError / ValueError naming the path when it is missing, empty or unreadable,
-    or when the frames of a folder differ in size.
+    Raises FileNotFoundError / ValueError / OSError naming the path when it is missing, empty or
+    unreadable, when a frame image is truncated or corrupt, when the frames of a folder differ in
+    size, or when a video file decodes to fewer frames than its container declares (a truncated
+    file); with `allow_incomplete` that last case only logs a warning and the decoded frames are
+    used.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"video not found: {path}")
-    frames, names = _read_folder(path) if path.is_dir() else _read_file(path)
+    frames, names = _read_folder(path) if path.is_dir() else _read_file(path, allow_incomplete)
     if not frames:
         raise ValueError(f"no frames could be read from {path}")
     sizes = {f.shape[:2] for f in frames}
@@ -32,21 +43,17 @@ def read_video_frames(path: str | Path) -> tuple[list[np.ndarray], list[str]]:
 
 def _read_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    frames = []
-    for file in files:
-        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"unreadable frame: {file}")
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    frames = [read_image(file, format="RGB") for file in files]
     return frames, [f.stem for f in files]
 
 
-def _read_file(file: Path) -> tuple[list[np.ndarray], list[str]]:
+def _read_file(file: Path, allow_incomplete: bool) -> tuple[list[np.ndarray], list[str]]:
     capture = cv2.VideoCapture(str(file))
     if not capture.isOpened():
         raise ValueError(f"cannot open video file: {file}")
     frames = []
     try:
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 or less: not known
         while True:
             ok, bgr = capture.read()
             if not ok:
@@ -54,6 +61,16 @@ def _read_file(file: Path) -> tuple[list[np.ndarray], list[str]]:
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     finally:
         capture.release()
+    if frames and len(frames) < declared:
+        message = (
+            f"{file}: decoded {len(frames)} frames but the container declares {declared}; "
+            "the file is truncated or corrupt"
+        )
+        if not allow_incomplete:
+            raise InputFileError(
+                f"{message} (tools/demo.py --allow-incomplete-video uses the decoded frames)"
+            )
+        logger.warning(f"{message}; using the {len(frames)} decoded frames")
     return frames, [f"{i:05d}" for i in range(len(frames))]
 
 
