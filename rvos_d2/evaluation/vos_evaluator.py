@@ -139,9 +139,10 @@ def summarize(records: list[dict[str, Any]]) -> OrderedDict[str, float]:
 def write_label_png(path: str, labels: np.ndarray, palette: list[int] | None) -> None:
     """Writes an H x W object-id map as a palette PNG (a grey PNG when no palette is known)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    img = Image.fromarray(labels, mode="L")
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    mode = "L" if palette is None else "P"
+    img = Image.frombytes(mode, (labels.shape[1], labels.shape[0]), labels.tobytes())
     if palette is not None:
-        img = img.convert("P")
         img.putpalette(palette)
     try:
         img.save(path)
