@@ -144,7 +144,7 @@ def test_propagated_probabilities_match_official(case):
     assert result.probs.shape == expected[:, 1:].shape
     torch.testing.assert_close(result.probs, expected[:, 1:], atol=ATOL, rtol=0)
     torch.testing.assert_close(1 - result.probs.sum(1), expected[:, 0], atol=ATOL, rtol=0)
-    assert propagator.last_memory_frames["forward"] == arrays["mem_frames"].tolist()
+    assert propagator.memory_banks["forward"].frames == arrays["mem_frames"].tolist()
 
     # labels agree wherever the official top-1 / top-2 gap exceeds the tolerance
     ours = torch.cat([1 - result.probs.sum(1, keepdim=True), result.probs], 1).argmax(1)

@@ -78,6 +78,12 @@ class MemoryBank:
         temp = [self.temporary.frame] if self.temporary is not None else []
         return [e.frame for e in self.entries] + temp
 
+    @property
+    def num_elements(self) -> int:
+        """Numbers stored in the memory's keys and values (temporary entry included)."""
+        entries = self.entries + ([self.temporary] if self.temporary is not None else [])
+        return sum(e.key.numel() + e.values.numel() for e in entries)
+
     def add(self, entry: MemoryEntry) -> None:
         """Inserts a memory frame (replacing the least-confident one when full)."""
         self.temporary = None

@@ -118,7 +118,8 @@ class Propagator:
         self.mem_every = mem_every
         self.include_last = include_last
         self.max_memory_frames = max_memory_frames
-        self.last_memory_frames: dict[str, list[int]] = {}  # memory of each pass at its end
+        # memory of the latest "backward" / "forward" pass (for inspection)
+        self.memory_banks: dict[str, MemoryBank] = {}
 
     @classmethod
     def from_config(cls, cfg, network: STCNNetwork) -> Propagator:
@@ -180,11 +181,11 @@ class Propagator:
         probs = self._anchor_probs(masks, head[anchor].shape[-2:], image.device)
 
         backward = _Pass(self, anchor, image, probs)
+        self.memory_banks = {"backward": backward.memory}
         earlier: list[tuple[Tensor, float]] = []
         for t in range(anchor - 1, -1, -1):
             frame_probs, confidence = backward.step(t, self._checked(head[t], t, image, pad))
             earlier.append((unpad(frame_probs[1:], pad), confidence))
-        self.last_memory_frames = {"backward": backward.memory.frames}
         del backward
         for t, (frame_probs, confidence) in enumerate(reversed(earlier)):
             yield t, frame_probs, confidence
@@ -192,11 +193,10 @@ class Propagator:
         yield anchor, unpad(probs[1:], pad), frame_confidence(probs)
 
         forward = _Pass(self, anchor, image, probs)
+        self.memory_banks["forward"] = forward.memory
         for t, frame in enumerate(iterator, start=anchor + 1):
             frame_probs, confidence = forward.step(t, self._checked(frame, t, image, pad))
-            self.last_memory_frames["forward"] = forward.memory.frames
             yield t, unpad(frame_probs[1:], pad), confidence
-        self.last_memory_frames["forward"] = forward.memory.frames
 
     def _checked(self, frame: Tensor, t: int, anchor_image: Tensor, anchor_pad: tuple) -> Tensor:
         image, pad = self._prepare(frame, t)
