@@ -8,6 +8,7 @@ from PIL import Image
 import rvos_d2  # noqa: F401  (shims and registrations)
 from rvos_d2.config import load_config
 from rvos_d2.data import VOSDatasetMapper, build_dataset_mapper
+from rvos_d2.data.build import build_test_loader, build_train_loader
 from rvos_d2.data.vos_mapper import sample_vos_clip
 from tests.fixtures.vos_formats import VOS_SIZE
 
@@ -55,7 +56,17 @@ def test_training_clip_matches_the_release(vos_root, vos_dicts):
     mapper = _mapper(True, sampling_frame_num=3, max_objects=3, max_jump=2, reverse_prob=0.0)
     for _ in range(10):
         out = mapper(d)
-        assert set(out) == {"image", "gt_masks", "obj_ids", "frame_ids", "video_id", "dataset_name"}
+        assert set(out) == {
+            "image",
+            "gt_masks",
+            "obj_ids",
+            "frame_ids",
+            "height",
+            "width",
+            "video_id",
+            "dataset_name",
+        }
+        assert (out["height"], out["width"]) == VOS_SIZE
         ids, objs = out["frame_ids"], out["obj_ids"]
         assert out["image"].shape == (3, 3, *VOS_SIZE) and out["image"].dtype == torch.uint8
         assert out["gt_masks"].shape == (3, len(objs), *VOS_SIZE)
@@ -175,3 +186,19 @@ def test_missing_annotation_names_the_file(vos_dicts, tmp_path):
 def test_training_on_sparse_annotations_is_an_error(vos_dicts):
     with pytest.raises(ValueError, match="every frame annotated"):
         _mapper(True)(vos_dicts["ytvos2019_vos_valid"]["v_a"])
+
+
+def test_detectron2_loaders_batch_vos_inputs(vos_dicts):
+    np.random.seed(5)
+    cfg = load_config(None)
+    cfg.INPUT.DATASET_MAPPER_NAME = "VOSDatasetMapper"
+    cfg.INPUT.SAMPLING_FRAME_NUM = 2
+    cfg.INPUT.MIN_SIZE_TRAIN = (20,)
+    cfg.INPUT.MIN_SIZE_TEST = 20
+    cfg.DATASETS.TRAIN = ("davis17_vos_train", "ytvos2019_vos_train")
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    batch = next(iter(build_train_loader(cfg)))
+    assert len(batch) == 2 and all(b["gt_masks"].shape[0] == 2 for b in batch)
+    videos = [b[0] for b in build_test_loader(cfg, "ytvos2019_vos_valid")]
+    assert [v["video_id"] for v in videos] == ["v_a"] and videos[0]["given_frames"] == [0, 2]

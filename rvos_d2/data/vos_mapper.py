@@ -10,7 +10,8 @@ frame are drawn at random. A clip without any (after all tries) keeps one object
 absent from its first frame, as STCN keeps an empty target. Image dicts (`is_image`) become
 pseudo-videos, one random affine per copy.
     {"image": T x 3 x H x W uint8, "gt_masks": T x K x H x W uint8 (0/1), "obj_ids": [K],
-     "frame_ids": [T], "video_id", "dataset_name"}
+     "frame_ids": [T], "height", "width" (original size: detectron2's loader groups by aspect
+     ratio), "video_id", "dataset_name"}
 Inference: every frame, resized by ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST),
 with each object's reference mask from its first annotated frame:
     {"image": N x 3 x H x W uint8, "height", "width" (original size), "file_names", "frame_ids",
@@ -195,6 +196,8 @@ class VOSDatasetMapper:
             "gt_masks": torch.from_numpy(masks.astype(np.uint8)),
             "obj_ids": obj_ids,
             "frame_ids": frame_ids,
+            "height": video.size[0],
+            "width": video.size[1],
             "video_id": video.dict.get("video_id"),
             "dataset_name": video.dict.get("dataset_name"),
         }
