@@ -21,9 +21,9 @@ import torch
 import tqdm
 
 import rvos_d2  # noqa: F401  (shims, registrations)
-from rvos_d2.config import load_config
 from rvos_d2.data.transforms import augment_clip, build_clip_augmentations
 from rvos_d2.engine import RVOSCheckpointer
+from rvos_d2.utils.cli import load_config, run_cli
 from rvos_d2.utils.video_io import read_video_frames, write_masks, write_overlay_video
 
 from detectron2.config import CfgNode
@@ -41,6 +41,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder for masks and the overlay video")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the overlay video")
+    parser.add_argument(
+        "--allow-incomplete-video",
+        action="store_true",
+        help="segment the frames a truncated video file yields (warning) instead of failing",
+    )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides")
     return parser
 
@@ -60,7 +65,10 @@ class VideoSegmenter:
     def __init__(self, cfg: CfgNode):
         self.model = build_model(cfg).eval()
         if cfg.MODEL.WEIGHTS:
-            RVOSCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            checkpointer = RVOSCheckpointer(
+                self.model, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL
+            )
+            checkpointer.load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
         self.augmentations = build_clip_augmentations(cfg, is_train=False)
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("--text is empty: give the sentence that refers to the object")
         return 2
     try:
-        frames, names = read_video_frames(args.video)
+        frames, names = read_video_frames(args.video, args.allow_incomplete_video)
     except (FileNotFoundError, ValueError) as err:
         logger.error("%s", err)
         return 2
@@ -119,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -3,9 +3,16 @@
 
 See `--help` for the flags (detectron2's usual ones); without CUDA, `--num-gpus N` runs N
 CPU worker processes. Importing rvos_d2 first applies its detectron2 shims and registrations.
+Bad input (config file or key, dataset name, MODEL.WEIGHTS file) is reported on one line before
+any worker starts, with exit code 2.
 """
 
+import os
+import sys
+
 from rvos_d2.engine import RVOSTrainer, argument_parser, evaluate, launch, setup
+from rvos_d2.engine.checkpoint import check_checkpoint_file
+from rvos_d2.utils.cli import check_dataset_names, load_config, run_cli
 
 
 def main(args):
@@ -18,8 +25,18 @@ def main(args):
     return trainer.train()
 
 
-def cli() -> None:
-    args = argument_parser().parse_args()
+def check_inputs(args) -> None:
+    """Raises a UserError for a bad config, dataset name or MODEL.WEIGHTS file."""
+    cfg = load_config(args.config_file, args.opts or [])
+    check_dataset_names(cfg)
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS and not resuming:
+        check_checkpoint_file(cfg.MODEL.WEIGHTS)
+
+
+def cli(argv=None) -> None:
+    args = argument_parser().parse_args(argv)
+    check_inputs(args)
     launch(
         main,
         args.num_gpus,
@@ -31,4 +48,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(run_cli(cli))

@@ -39,9 +39,9 @@ from rvos_d2.data.transforms import (
     make_pseudo_video,
     swap_left_right,
 )
+from rvos_d2.utils.image_io import read_image
 
 from detectron2.config import CfgNode, configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
@@ -90,7 +90,7 @@ class _VideoReader:
         if idx not in self._frames:
             path = self._dict["file_names"][idx]
             try:
-                image = utils.read_image(path, format=self._format)
+                image = read_image(path, format=self._format)
             except FileNotFoundError as err:
                 raise FileNotFoundError(f"{self._label}: frame file {path} does not exist") from err
             except (OSError, ValueError, SyntaxError) as err:

@@ -23,6 +23,7 @@ __all__ = [
     "InputFileError",
     "MissingFileError",
     "UserError",
+    "check_dataset_name",
     "check_dataset_names",
     "closest_names",
     "exit_with_error",
@@ -175,15 +176,20 @@ def load_config(config_file: str | os.PathLike | None, opts: Sequence[str] = ())
     return cfg
 
 
-def check_dataset_names(cfg) -> None:
-    """Raises InputError for a name in DATASETS.TRAIN / DATASETS.TEST that is not registered."""
+def check_dataset_name(name: str, source: str = "dataset") -> None:
+    """Raises InputError (naming `source` and the closest names) if `name` is not registered."""
     from detectron2.data import DatasetCatalog
 
     registered = DatasetCatalog.list()
+    if name not in registered:
+        raise InputError(
+            f"{source}: no registered dataset named {name!r}{_suggestion(name, registered)} "
+            "(registered names: projects/RVOS/DATASETS.md)"
+        )
+
+
+def check_dataset_names(cfg) -> None:
+    """Raises InputError for a name in DATASETS.TRAIN / DATASETS.TEST that is not registered."""
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS.get(key, ()):
-            if name not in registered:
-                raise InputError(
-                    f"DATASETS.{key}: no registered dataset named {name!r}"
-                    f"{_suggestion(name, registered)} (registered names: projects/RVOS/DATASETS.md)"
-                )
+            check_dataset_name(name, f"DATASETS.{key}")
