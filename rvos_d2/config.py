@@ -8,6 +8,7 @@ Each `_add_*` function below owns one group of keys.
 from collections.abc import Sequence
 from os import PathLike
 
+from rvos_d2.data.vos_config import add_vos_data_config
 from rvos_d2.modeling.propagation.config import add_propagation_config
 
 from detectron2.config import CfgNode as CN
@@ -133,6 +134,7 @@ def _add_test_config(cfg: CN) -> None:
 def add_rvos_config(cfg: CN) -> None:
     """Adds every rvos_d2 key to a detectron2 config (call before `merge_from_file`)."""
     _add_input_config(cfg)
+    add_vos_data_config(cfg)
     _add_text_encoder_config(cfg)
     _add_transformer_config(cfg)
     _add_backbone_config(cfg)
