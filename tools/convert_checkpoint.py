@@ -14,13 +14,16 @@ Supported inputs (detected from the keys, or forced with --format):
               The 3D patch embedding of temporal size t (2 in the Kinetics models) is summed over
               time to temporal size 1, as ReferFormer/MTTR do: a clip of t identical frames then
               gives the same embedding as the original kernel.
+  stcn        the official STCN network (hkchengrex/STCN `stcn.pth`)
+              -> rvos_d2 SpaceTimeMemoryNetwork (configs/Propagation/STCN-R50.yaml); every key is
+              renamed (rvos_d2/modeling/propagation/convert.py), an unknown key is an error.
 
 Dropped on purpose: classifier heads (fc, head, cls_head), BatchNorm num_batches_tracked and the
 Swin buffers relative_position_index / attn_mask (rvos_d2 recomputes them). The classifiers'
 final LayerNorm `norm` becomes `norm3` (the res5 output norm); norm0..norm2 of the other returned
 stages do not exist in classification checkpoints and keep their initialisation.
 
-Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth [--format auto|resnet|swin|video_swin]
+Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth [--format auto|resnet|swin|video_swin|stcn]
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-FORMATS = ("resnet", "swin", "video_swin")
+from rvos_d2.modeling.propagation.convert import convert_stcn, is_stcn_state_dict
+
+FORMATS = ("resnet", "swin", "video_swin", "stcn")
 WRAPPER_KEYS = ("state_dict", "model", "module")  # where training frameworks nest the weights
 SWIN_BUFFERS = ("relative_position_index", "attn_mask")
 
@@ -78,6 +83,8 @@ def _strip_prefix(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def detect_format(weights: dict[str, Tensor]) -> str:
     """Names the format of a backbone state dict (see the module docstring)."""
+    if is_stcn_state_dict(weights):
+        return "stcn"
     if "stem.conv1.weight" in weights or "res2.0.conv1.weight" in weights:
         raise CheckpointFormatError("already a detectron2 ResNet checkpoint: nothing to convert")
     if "conv1.weight" in weights and "layer1.0.conv1.weight" in weights:
@@ -161,7 +168,9 @@ CONVERTERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "resnet": convert_resnet,
     "swin": convert_swin,
     "video_swin": convert_video_swin,
+    "stcn": convert_stcn,
 }
+PREFIXES = {"stcn": "network."}  # where the converted weights sit in the model; else backbone.
 
 
 def convert(weights: dict[str, Tensor], fmt: str = "auto") -> tuple[dict[str, object], str]:
@@ -170,7 +179,8 @@ def convert(weights: dict[str, Tensor], fmt: str = "auto") -> tuple[dict[str, ob
         fmt = detect_format(weights)
     elif fmt not in CONVERTERS:
         raise CheckpointFormatError(f"--format {fmt!r}: expected auto or one of {FORMATS}")
-    model = {"backbone." + k: v.contiguous() for k, v in CONVERTERS[fmt](weights).items()}
+    prefix = PREFIXES.get(fmt, "backbone.")
+    model = {prefix + k: v.contiguous() for k, v in CONVERTERS[fmt](weights).items()}
     checkpoint = {
         "model": model,
         "__author__": f"rvos_d2 tools/convert_checkpoint.py ({fmt})",
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"output {args.output!r}: use a .pth name (detectron2 reads .pkl differently)")
     try:
         checkpoint, fmt = convert(load_state_dict(args.input), args.format)
-    except CheckpointFormatError as e:
+    except ValueError as e:  # CheckpointFormatError, or a converter naming an unknown key
         sys.exit(f"{args.input}: {e}")
     torch.save(checkpoint, args.output)
     print(f"{args.input} ({fmt}) -> {args.output}: {len(checkpoint['model'])} tensors")
