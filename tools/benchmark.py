@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 
 import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 import)
+from rvos_d2.utils.cli import run_cli
 
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict], Callable | None]] = {}
 
@@ -280,4 +282,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
