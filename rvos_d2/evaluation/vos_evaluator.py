@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rvos_d2.data.datasets.vos import load_id_map, read_id_map
+from rvos_d2.data.datasets.vos import load_id_map
 from rvos_d2.evaluation import metrics
 from rvos_d2.evaluation.build import EVALUATOR_REGISTRY
 from rvos_d2.evaluation.predictions import gather_records
@@ -155,9 +155,11 @@ def _reference_palette(dataset_dict: dict[str, Any]) -> list[int] | None:
     ann = dataset_dict["mask_annotations"][min(dataset_dict["first_frames"])]
     if ann is None or ann.get("type") != "palette_png":
         return None
-    read_id_map(ann["file"])  # a clear error when the file is missing or unreadable
-    with Image.open(ann["file"]) as img:
-        return img.getpalette() if img.mode == "P" else None
+    try:
+        with Image.open(ann["file"]) as img:
+            return img.getpalette() if img.mode == "P" else None
+    except OSError as err:
+        raise OSError(f"cannot read the palette of annotation {ann['file']}: {err}") from err
 
 
 @EVALUATOR_REGISTRY.register_as("vos")

@@ -12,7 +12,8 @@ Release layouts (under `$DETECTRON2_DATASETS`):
 YouTube-VOS train annotates every frame of its JPEGImages folder (every 5th frame of the video);
 valid annotates an object only in the frame where it first appears, so its other frames have no
 annotation. DAVIS annotates every frame; as in the official semi-supervised evaluation, its
-objects are those of the first frame's mask (read here, the only image a loader opens).
+objects are those of the first frame's mask (the ids present there, which DAVIS numbers 1..n;
+that PNG is the only image a loader opens).
 
 Dataset dict fields: dataset_name, video_id, file_names / frame_names (temporal order), length,
 height / width (None when no file states them: the mapper fills them from the first frame it
@@ -42,7 +43,6 @@ from rvos_d2.data.datasets.registration import (
 from rvos_d2.data.mask_io import MASK_READER_REGISTRY
 
 VOID_ID = 255  # DAVIS marks pixels to ignore with this value; no object has it
-YTVOS_SPLITS = ("train", "valid")
 DAVIS_SPLITS = {"train": "train", "val": "valid"}  # DAVIS image set -> registered split name
 SYNTH_VOS_SPLITS = ("train", "valid")
 
@@ -275,7 +275,9 @@ def register_ytvos2019_vos(root: str | os.PathLike | None = None) -> list[str]:
     return list(specs)
 
 
-def _load_ytvos(root, split, name, dense, image_split) -> list[dict[str, Any]]:
+def _load_ytvos(
+    root: str | None, split: str, name: str, dense: bool, image_split: str | None
+) -> list[dict[str, Any]]:
     return load_ytvos_vos(resolve_root(root, "ytvos2019"), split, name, dense, image_split)
 
 
@@ -300,7 +302,7 @@ def register_davis17_vos(root: str | os.PathLike | None = None) -> list[str]:
     return names
 
 
-def _load_davis(root, image_set, name) -> list[dict[str, Any]]:
+def _load_davis(root: str | None, image_set: str, name: str) -> list[dict[str, Any]]:
     return load_davis_vos(resolve_root(root, "DAVIS"), image_set, name)
 
 
@@ -327,7 +329,7 @@ def register_synthetic_vos(
     return names
 
 
-def _load_synthetic(root, split, name) -> list[dict[str, Any]]:
+def _load_synthetic(root: str | None, split: str, name: str) -> list[dict[str, Any]]:
     resolved = resolve_root(root, "rvos_synth")
     require_dir(
         Path(resolved),
