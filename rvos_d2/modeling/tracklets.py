@@ -8,13 +8,23 @@ dividing, so a pair that overlaps in a few frames only is not judged a duplicate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Tracklets", "tracklet_iou", "tracklet_nms", "tracklet_scores"]
+__all__ = [
+    "Tracklets",
+    "build_tracklets",
+    "object_confidence",
+    "tracklet_iou",
+    "tracklet_nms",
+    "tracklet_scores",
+]
 
 # A float32 matrix product sums 0/1 products exactly while every row holds at most 2^24 pixels.
 EXACT_FLOAT32_SUM = 2**24
@@ -210,3 +220,81 @@ def tracklet_nms(
             break
         suppressed |= iou[i] > iou_threshold
     return order[keep].to(device)
+
+
+class MaskPropagator(Protocol):
+    """What tracklet construction needs of a propagator (rvos_d2.modeling.propagation)."""
+
+    def stream(
+        self, frames: Sequence[Tensor] | Iterable[Tensor], anchor: int, masks: Tensor
+    ) -> Iterator[tuple[int, Tensor, float]]: ...
+
+
+def object_confidence(probs: Tensor) -> Tensor:
+    """Per-object propagation confidence in one frame (K x H x W probabilities; objects and the
+    implicit background sum to 1): the mean probability over the pixels an object wins, or one
+    minus its highest probability where it wins none (confidently absent)."""
+    background = (1 - probs.sum(dim=0, keepdim=True)).clamp(min=0)
+    label = torch.cat([background, probs]).argmax(dim=0)
+    objects = torch.arange(1, probs.shape[0] + 1, device=probs.device)
+    wins = label[None] == objects[:, None, None]
+    count = wins.flatten(1).sum(dim=1)
+    mean = (probs * wins).flatten(1).sum(dim=1) / count.clamp(min=1)
+    return torch.where(count > 0, mean, 1 - probs.flatten(1).amax(dim=1))
+
+
+def build_tracklets(
+    propagator: MaskPropagator,
+    frames: Sequence[Tensor],
+    masks: Tensor,
+    detection_scores: Tensor,
+    key_frames: Tensor,
+    sources: Tensor,
+    *,
+    stride: int,
+    jointly: bool = False,
+) -> Tracklets:
+    """Propagates key-frame candidates forward and backward through the whole video (the paper's
+    Eq. 2) into tracklets scored by detection score x mean propagation confidence.
+
+    Args:
+        propagator: yields each frame's K x H x W object probabilities (e.g. `Propagator`).
+        frames: the T RGB frames (3 x H x W) given to the propagator.
+        masks: N x H x W candidate masks; candidate n lies on frame `key_frames[n]`.
+        detection_scores, key_frames, sources: N each.
+        stride: tracklet masks are kept as float16 probabilities at 1 / stride of the frame size
+            (area averages), so memory grows with T x H x W / stride^2 per tracklet.
+        jointly: propagate the candidates of one key frame together (one pass per key frame,
+            competing for pixels) instead of one pass per candidate as in the paper.
+    """
+    num = masks.shape[0]
+    if not detection_scores.shape == key_frames.shape == sources.shape == (num,):
+        raise ValueError(
+            "build_tracklets: detection_scores, key_frames and sources must hold one entry per "
+            f"candidate mask ({num})"
+        )
+    if stride < 1:
+        raise ValueError(f"build_tracklets: stride must be >= 1, got {stride}")
+    num_frames, (height, width) = len(frames), masks.shape[-2:]
+    size = (math.ceil(height / stride), math.ceil(width / stride))
+    device = masks.device
+    probs = torch.zeros(num, num_frames, *size, dtype=torch.float16, device=device)
+    confidence = torch.zeros(num, num_frames, device=device)
+    if jointly:
+        groups = [(key_frames == t).nonzero()[:, 0] for t in key_frames.unique().tolist()]
+    else:
+        groups = [torch.tensor([n], device=device) for n in range(num)]
+    for group in groups:
+        anchor = int(key_frames[group[0]])
+        for t, frame_probs, _ in propagator.stream(frames, anchor, masks[group]):
+            frame_probs = frame_probs.to(device)
+            small = F.interpolate(frame_probs[None].float(), size=size, mode="area")[0]
+            probs[group, t] = small.half()
+            confidence[group, t] = object_confidence(frame_probs.float())
+    return Tracklets(
+        masks=probs,
+        scores=tracklet_scores(detection_scores.to(device).float(), confidence),
+        confidence=confidence,
+        key_frames=key_frames,
+        sources=sources,
+    )
