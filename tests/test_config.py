@@ -1,6 +1,8 @@
 """rvos_d2.config: typos are rejected by detectron2, and every key is documented in place."""
 
 import ast
+import importlib
+import inspect
 import io
 import tokenize
 from pathlib import Path
@@ -11,7 +13,23 @@ import rvos_d2.config
 
 from detectron2.config import CfgNode, get_cfg
 
-CONFIG_SOURCE = Path(rvos_d2.config.__file__).read_text()
+
+def _config_sources() -> list[str]:
+    """Source of rvos_d2/config.py and of the files defining the config functions it imports
+    (those live beside their parts and methods)."""
+    path = Path(rvos_d2.config.__file__)
+    functions = [
+        getattr(importlib.import_module(node.module), alias.name)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.name.startswith("add_") and alias.name.endswith("_config")
+    ]
+    files = {path} | {Path(inspect.getsourcefile(f)) for f in functions}
+    return [file.read_text() for file in sorted(files)]
+
+
+CONFIG_SOURCES = _config_sources()
 
 
 def _leaf_keys(node: CfgNode, prefix: str = "") -> set[str]:
@@ -35,10 +53,10 @@ def _dotted_key(target: ast.expr) -> str | None:
     return None
 
 
-def _comment_lines() -> tuple[set[int], set[int]]:
+def _comment_lines(source: str) -> tuple[set[int], set[int]]:
     """Line numbers holding a comment, and those holding only a comment."""
     commented, code_lines = set(), set()
-    for token in tokenize.generate_tokens(io.StringIO(CONFIG_SOURCE).readline):
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
             commented.add(token.start[0])
         elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
@@ -46,9 +64,9 @@ def _comment_lines() -> tuple[set[int], set[int]]:
     return commented, commented - code_lines
 
 
-def _assignments() -> dict[str, ast.Assign]:
+def _assignments(source: str) -> dict[str, ast.Assign]:
     found = {}
-    for node in ast.walk(ast.parse(CONFIG_SOURCE)):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Assign):
             for target in node.targets:
                 key = _dotted_key(target)
@@ -63,15 +81,17 @@ def _is_node(assign: ast.Assign) -> bool:
 
 
 def test_every_key_is_assigned_with_a_comment(rvos_cfg):
-    commented, comment_only = _comment_lines()
-    assignments = _assignments()
-    undocumented = []
-    for key, assign in sorted(assignments.items(), key=lambda item: item[1].lineno):
-        if _is_node(assign):
-            continue
-        lines = set(range(assign.lineno, assign.end_lineno + 1))
-        if not (lines & commented or assign.lineno - 1 in comment_only):
-            undocumented.append(f"line {assign.lineno}: {key}")
+    assignments, undocumented = {}, []
+    for source in CONFIG_SOURCES:
+        commented, comment_only = _comment_lines(source)
+        found = _assignments(source)
+        assignments.update(found)
+        for key, assign in sorted(found.items(), key=lambda item: item[1].lineno):
+            if _is_node(assign):
+                continue
+            lines = set(range(assign.lineno, assign.end_lineno + 1))
+            if not (lines & commented or assign.lineno - 1 in comment_only):
+                undocumented.append(f"{key} (line {assign.lineno})")
     assert not undocumented, "config keys without a comment:\n" + "\n".join(undocumented)
 
     added = _leaf_keys(rvos_cfg) - _leaf_keys(get_cfg())
@@ -112,7 +132,7 @@ def test_load_config_merges_the_file_then_the_overrides(tmp_path):
     assert (cfg.TEST.WINDOW, cfg.SOLVER.BASE_LR) == (12, 0.25)
     assert not cfg.is_frozen()
     defaults = rvos_d2.config.load_config(None)
-    assert defaults.TEST.WINDOW == 36 and defaults.MODEL.REFERFORMER.REFERENCE_SEARCH is False
+    assert defaults.TEST.WINDOW == 36 and defaults.MODEL.QUERY_DECODER.REFERENCE_SEARCH is False
     with pytest.raises(KeyError, match="Non-existent config key: SOLVER.BASE_LRR"):
         path.write_text("SOLVER:\n  BASE_LRR: 0.5\n")
         rvos_d2.config.load_config(path)

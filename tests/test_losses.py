@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rvos_d2.modeling.criterion import SequenceCriterion
+from rvos_d2.modeling.criterion import LOSS_REGISTRY, SetCriterion
 from rvos_d2.modeling.losses import (
     dice_loss,
     downsample_masks,
@@ -15,10 +15,21 @@ from rvos_d2.modeling.losses import (
     pairwise_dice_cost,
     pairwise_mask_focal_cost,
 )
-from rvos_d2.modeling.matcher import MatchCostWeights
+from rvos_d2.modeling.matcher import MatchCostWeights, SequenceMatcher
 
 BIG = 30.0
 WEIGHTS = MatchCostWeights(cls=2.0, l1=5.0, giou=2.0, dice=5.0, focal=2.0)
+LOSS_WEIGHTS = {
+    "loss_cls": 2.0,
+    "loss_bbox": 5.0,
+    "loss_giou": 2.0,
+    "loss_dice": 5.0,
+    "loss_mask": 2.0,
+}
+
+
+def _criterion(losses=("labels", "boxes", "masks"), weights=LOSS_WEIGHTS):
+    return SetCriterion(SequenceMatcher(WEIGHTS), weights, losses)
 
 
 def test_dice_hand_case():
@@ -95,7 +106,7 @@ def _clip(valid, n=3, t=3, h=8, w=8, matched=1):
 def test_criterion_perfect_prediction_and_absent_frames():
     valid = torch.tensor([True, False, True])
     outputs, targets = _clip(valid)
-    criterion = SequenceCriterion(WEIGHTS)
+    criterion = _criterion()
     losses = criterion(outputs, targets)
     assert set(losses) == {"loss_cls", "loss_bbox", "loss_giou", "loss_dice", "loss_mask"}
     for name, value in losses.items():
@@ -111,7 +122,39 @@ def test_criterion_aux_losses_and_gradients():
     outputs, targets = _clip(torch.tensor([True, True, True]))
     outputs = {k: v.clone().requires_grad_(True) for k, v in outputs.items()}
     aux = {k: v.detach().clone().requires_grad_(True) for k, v in outputs.items()}
-    losses = SequenceCriterion(WEIGHTS)({**outputs, "aux_outputs": [aux, aux]}, targets)
+    losses = _criterion()({**outputs, "aux_outputs": [aux, aux]}, targets)
     assert {"loss_dice_0", "loss_dice_1", "loss_cls_1"} <= set(losses)
     sum(losses.values()).backward()
     assert aux["pred_masks"].grad is not None and aux["pred_boxes"].grad is not None
+
+
+def test_criterion_weighs_each_term_and_plugs_in_registered_losses():
+    outputs, targets = _clip(torch.tensor([True, False, True]))
+    outputs["pred_logits"][0, 1, 1] = BIG  # a non-zero class loss
+    base = _criterion()(outputs, targets)["loss_cls"]
+    doubled = _criterion(weights={**LOSS_WEIGHTS, "loss_cls": 4.0})(outputs, targets)["loss_cls"]
+    torch.testing.assert_close(doubled, 2 * base)
+
+    @LOSS_REGISTRY.register_as("test_count_layers")
+    def count_layers(outputs, targets, indices, norms):
+        return {"loss_count": torch.tensor(float(len(indices)))}
+
+    try:
+        weights = {**LOSS_WEIGHTS, "loss_count": 0.5}
+        criterion = SetCriterion(
+            SequenceMatcher(WEIGHTS),
+            weights,
+            ("labels", "test_count_layers"),
+            ("test_count_layers",),
+        )
+        losses = criterion({**outputs, "aux_outputs": [outputs]}, targets)
+        assert losses["loss_count"].item() == 0.5 and "loss_count_0" not in losses
+        assert "loss_cls_0" in losses
+        with pytest.raises(KeyError, match="no weight"):
+            SetCriterion(SequenceMatcher(WEIGHTS), LOSS_WEIGHTS, ("test_count_layers",))(
+                outputs, targets
+            )
+    finally:
+        LOSS_REGISTRY._obj_map.pop("test_count_layers")
+    with pytest.raises(KeyError, match="unknown losses"):
+        _criterion(losses=("labels", "no_such_loss"))

@@ -122,16 +122,18 @@ def test_search_loss_is_the_negative_log_mass_on_the_target_of_the_best_query():
 
 
 def test_referformer_with_reference_search_trains_the_search(referformer_cfg):
-    referformer_cfg.MODEL.REFERFORMER.REFERENCE_SEARCH = True
+    referformer_cfg.MODEL.QUERY_DECODER.REFERENCE_SEARCH = True
     referformer_cfg.MODEL.REFERFORMER.SEARCH_WEIGHT = 2.0
     torch.manual_seed(0)
     model = build_model(referformer_cfg).train()
-    assert not hasattr(model, "reference_points")  # no unused learned reference points
+    assert not hasattr(
+        model.query_decoder, "reference_points"
+    )  # no unused learned reference points
     losses = model([make_clip(3, 64, 64, absent=(2,)), make_clip(3, 48, 80)])
     assert "loss_search" in losses and torch.isfinite(losses["loss_search"])
     assert losses["loss_search"] > 0
     sum(losses.values()).backward()
-    for p in model.reference_search.parameters():
+    for p in model.query_decoder.reference_search.parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0
     model.eval()
     out = model([make_clip(4, 64, 64)])[0]
@@ -139,8 +141,8 @@ def test_referformer_with_reference_search_trains_the_search(referformer_cfg):
 
 
 def test_referformer_without_reference_search_has_no_search_loss(referformer_cfg):
-    referformer_cfg.MODEL.REFERFORMER.REFERENCE_SEARCH = False
+    referformer_cfg.MODEL.QUERY_DECODER.REFERENCE_SEARCH = False
     torch.manual_seed(0)
     model = build_model(referformer_cfg).train()
-    assert model.reference_search is None
+    assert model.query_decoder.reference_search is None
     assert "loss_search" not in model([make_clip(3, 64, 64)])

@@ -66,12 +66,13 @@ def test_training_step_gives_finite_losses_and_gradients(referformer_cfg):
     num_layers = referformer_cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS
     names = ("loss_cls", "loss_bbox", "loss_giou", "loss_dice", "loss_mask")
     expected = set(names) | {f"{n}_{i}" for n in names for i in range(num_layers - 1)}
-    if referformer_cfg.MODEL.REFERFORMER.REFERENCE_SEARCH:
+    if referformer_cfg.MODEL.QUERY_DECODER.REFERENCE_SEARCH:
         expected.add("loss_search")
     assert set(losses) == expected
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    for module in (model.backbone, model.query_embed, model.mask_head, model.fpn):
+    parts = (model.query_decoder.query_embed, model.mask_branch.head, model.mask_branch.fpn)
+    for module in (model.backbone, *parts):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     frozen = model.text_encoder.language_model
     assert all(p.grad is None for p in frozen.parameters())

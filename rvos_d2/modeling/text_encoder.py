@@ -7,6 +7,7 @@ expression string so that repeated expressions during training do not re-run it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,10 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from rvos_d2.modeling.registry import TEXT_ENCODER_REGISTRY
+from rvos_d2.utils.cli import InputError
 
 from detectron2.config import CfgNode, configurable
 
-__all__ = ["TextEncoder", "TextFeatures", "build_text_encoder", "resolve_model_path"]
+__all__ = [
+    "TextEncoder",
+    "TextFeatures",
+    "add_text_encoder_config",
+    "build_text_encoder",
+    "resolve_model_path",
+]
+
+logger = logging.getLogger(__name__)
 
 MINILM_NAME = "minilm"
 POOLINGS = ("mean", "cls")
@@ -152,8 +162,28 @@ class TextEncoder(nn.Module):
             self.language_model.eval()
         return self
 
+    def _check_tokens(self, expressions: list[str]) -> None:
+        """Warns (with the token counts) about an expression longer than max_tokens and refuses
+        one without a known token: a token is known unless it is the tokenizer's unknown token
+        (e.g. [UNK] for emoji), so such an expression (or one with no token) carries no words."""
+        content = self.tokenizer(expressions, add_special_tokens=False, verbose=False)["input_ids"]
+        special = self.tokenizer.num_special_tokens_to_add()
+        unknown = self.tokenizer.unk_token_id
+        for expression, ids in zip(expressions, content):
+            if all(i == unknown for i in ids):
+                raise InputError(
+                    f"expression {expression!r} has no token known to the text encoder: its "
+                    f"{len(ids)} tokens are all the unknown token {self.tokenizer.unk_token!r}"
+                )
+            if len(ids) + special > self.max_tokens:
+                logger.warning(
+                    f"expression of {len(ids) + special} tokens truncated to its first "
+                    f"{self.max_tokens} (MODEL.TEXT_ENCODER.MAX_TOKENS): {expression[:60]!r}..."
+                )
+
     def _run_language_model(self, expressions: list[str], device: torch.device) -> list[Tensor]:
         """Last hidden states of the valid tokens of each expression: list of n_i x lm_dim."""
+        self._check_tokens(expressions)
         tokens = self.tokenizer(
             expressions,
             padding="longest",
@@ -229,3 +259,16 @@ def _complete_language_model(module: TextEncoder, state_dict: dict, prefix: str,
 def build_text_encoder(cfg: CfgNode, out_dim: int) -> nn.Module:
     """The text encoder named by MODEL.TEXT_ENCODER.TYPE, projecting to `out_dim`."""
     return TEXT_ENCODER_REGISTRY.get(cfg.MODEL.TEXT_ENCODER.TYPE)(cfg, out_dim=out_dim)
+
+
+def add_text_encoder_config(cfg: CfgNode) -> None:
+    """Language encoder shared by all methods (rvos_d2.modeling.text_encoder)."""
+    cfg.MODEL.TEXT_ENCODER = CfgNode()
+    cfg.MODEL.TEXT_ENCODER.TYPE = "TextEncoder"  # class registered in TEXT_ENCODER_REGISTRY
+    # "minilm" = the offline all-MiniLM-L6-v2 package; otherwise a transformers name or local path
+    cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
+    cfg.MODEL.TEXT_ENCODER.FREEZE = True  # keep the language model's weights fixed
+    cfg.MODEL.TEXT_ENCODER.MAX_TOKENS = 32  # expressions are truncated to this many tokens
+    # sentence feature: "mean" of the valid tokens' states or the first ("cls") token's state
+    cfg.MODEL.TEXT_ENCODER.POOLING = "mean"
+    cfg.MODEL.TEXT_ENCODER.CACHE_SIZE = 1024  # frozen model: expressions whose outputs are cached

@@ -11,7 +11,12 @@ from rvos_d2.modeling.transformer.encoder import (
     token_centres,
 )
 from rvos_d2.modeling.transformer.position_encoding import PositionEmbeddingSine
-from rvos_d2.modeling.transformer.utils import inverse_sigmoid, refine_boxes, valid_ratios
+from rvos_d2.modeling.transformer.utils import (
+    add_deformable_transformer_config,
+    inverse_sigmoid,
+    refine_boxes,
+    valid_ratios,
+)
 
 __all__ = [
     "DeformableTransformerDecoder",
@@ -19,6 +24,7 @@ __all__ = [
     "DeformableTransformerEncoder",
     "DeformableTransformerEncoderLayer",
     "PositionEmbeddingSine",
+    "add_deformable_transformer_config",
     "encoder_reference_points",
     "inverse_sigmoid",
     "refine_boxes",

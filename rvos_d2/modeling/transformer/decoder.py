@@ -66,9 +66,10 @@ class DeformableTransformerDecoderLayer(nn.Module):
 class DeformableTransformerDecoder(nn.Module):
     """Stack of decoder layers; each query attends around its reference point on every level.
 
-    Iterative refinement: when the meta-architecture sets `bbox_embed` (an nn.ModuleList with one
-    module per layer mapping C -> 4), each layer's output predicts a box delta that is added to the
-    reference in inverse-sigmoid space; the refined box, detached, is the next layer's reference.
+    Iterative refinement: given `bbox_embed` (an nn.ModuleList with one module per layer mapping
+    C -> 4, built by the query decoder that also predicts boxes with it), each layer's output
+    predicts a box delta that is added to the reference in inverse-sigmoid space; the refined
+    box, detached, is the next layer's reference.
     A 2-d reference point becomes a 4-d box after the first refinement (the delta's size part).
     """
 
@@ -83,8 +84,10 @@ class DeformableTransformerDecoder(nn.Module):
         n_levels: int = 4,
         n_points: int = 4,
         return_intermediate: bool = True,
+        bbox_embed: nn.ModuleList | None = None,
     ):
         super().__init__()
+        self.d_model = d_model
         self.return_intermediate = return_intermediate
         self.layers = nn.ModuleList(
             DeformableTransformerDecoderLayer(
@@ -92,8 +95,8 @@ class DeformableTransformerDecoder(nn.Module):
             )
             for _ in range(num_layers)
         )
-        self.bbox_embed: nn.ModuleList | None = None
         self.reset_parameters()
+        self.bbox_embed = bbox_embed
 
     @classmethod
     def from_config(cls, cfg) -> dict:

@@ -7,6 +7,8 @@ from torch import Tensor, nn
 
 from rvos_d2.layers import MSDeformAttn
 
+from detectron2.config import CfgNode
+
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """logit(x) with x clamped to [0, 1] and both terms kept above `eps` (finite at 0 and 1)."""
@@ -69,3 +71,17 @@ def reset_stack_parameters(layers: nn.Module) -> None:
     for module in layers.modules():
         if isinstance(module, MSDeformAttn):
             module.reset_parameters()
+
+
+def add_deformable_transformer_config(cfg: CfgNode) -> None:
+    """Deformable encoder/decoder shared by ReferFormer and SOC (rvos_d2.modeling.transformer)."""
+    cfg.MODEL.DEFORMABLE_TRANSFORMER = CfgNode()
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM = 256  # model width C
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.NHEADS = 8  # attention heads M
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.ENC_LAYERS = 4  # deformable encoder layers
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS = 4  # decoder layers (one prediction each)
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DIM_FEEDFORWARD = 1024  # hidden width of each layer's FFN
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DROPOUT = 0.1  # dropout in attention and FFN blocks
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.NUM_FEATURE_LEVELS = 4  # multi-scale levels L
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.ENC_N_POINTS = 4  # sampling points P per level in the encoder
+    cfg.MODEL.DEFORMABLE_TRANSFORMER.DEC_N_POINTS = 4  # sampling points P per level in the decoder
