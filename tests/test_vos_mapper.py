@@ -202,3 +202,13 @@ def test_detectron2_loaders_batch_vos_inputs(vos_dicts):
     assert len(batch) == 2 and all(b["gt_masks"].shape[0] == 2 for b in batch)
     videos = [b[0] for b in build_test_loader(cfg, "ytvos2019_vos_valid")]
     assert [v["video_id"] for v in videos] == ["v_a"] and videos[0]["given_frames"] == [0, 2]
+
+
+def test_truncated_frame_names_the_file(vos_dicts, tmp_path):
+    d = dict(vos_dicts["ytvos2019_vos_train"]["t_a"])
+    data = open(d["file_names"][0], "rb").read()
+    broken = tmp_path / "cut.jpg"
+    broken.write_bytes(data[: len(data) // 2])
+    d["file_names"] = [str(broken)] + d["file_names"][1:]
+    with pytest.raises(OSError, match="cut.jpg"):
+        _mapper(False)(d)

@@ -35,9 +35,9 @@ from rvos_d2.data.transforms import (
     build_pseudo_video_affine,
     make_pseudo_video,
 )
+from rvos_d2.utils.image_io import read_image
 
 from detectron2.config import CfgNode, configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 
@@ -89,7 +89,7 @@ class _VOSVideo:
     def frame(self, idx: int) -> np.ndarray:
         path = self.dict["file_names"][idx]
         try:
-            image = utils.read_image(path, format=self._format)
+            image = read_image(path, format=self._format)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{self.label}: frame file {path} does not exist") from err
         except (OSError, ValueError, SyntaxError) as err:
