@@ -40,6 +40,7 @@ from rvos_d2.data.datasets.registration import (
     register_lazy,
     require_dir,
     require_file,
+    rvos_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def _read_csv(path: Path, columns: int, header: bool) -> list[tuple[int, list[st
     return rows
 
 
-def _video_dict(
+def _video_record(
     dataset_name: str,
     video_id: str,
     exp_id: str,
@@ -162,20 +163,18 @@ def _video_dict(
     obj_ids: list[int],
     mask_annotations: list[dict | None],
 ) -> dict[str, Any]:
-    return {
-        "dataset_name": dataset_name,
-        "video_id": video_id,
-        "exp_id": exp_id,
-        "expression": expression,
-        "file_names": [str(p) for p in frames],
-        "frame_names": [p.stem for p in frames],
-        "height": size[0],
-        "width": size[1],
-        "length": len(frames),
-        "has_masks": True,
-        "obj_ids": obj_ids,
-        "mask_annotations": mask_annotations,
-    }
+    return rvos_record(
+        dataset_name=dataset_name,
+        video_id=video_id,
+        exp_id=exp_id,
+        expression=expression,
+        file_names=[str(p) for p in frames],
+        frame_names=[p.stem for p in frames],
+        height=size[0],
+        width=size[1],
+        obj_ids=obj_ids,
+        mask_annotations=mask_annotations,
+    )
 
 
 # ---------------------------------------------------------------------------- A2D-Sentences
@@ -280,7 +279,7 @@ def load_a2d_sentences(root: Path, split: str, dataset_name: str) -> list[dict[s
                     masks[index[number]] = {"type": "a2d_h5", "file": str(path)}
             exp_id = f"{instance}_{per_instance[instance]}"
             per_instance[instance] += 1
-            d = _video_dict(dataset_name, video, exp_id, query, frames, size, [instance], masks)
+            d = _video_record(dataset_name, video, exp_id, query, frames, size, [instance], masks)
             dicts.append(d)
     return dicts
 
@@ -332,7 +331,7 @@ def load_jhmdb_sentences(root: Path, dataset_name: str) -> list[dict[str, Any]]:
             masks.append(ann if t < num_masks else None)
         exp_id = str(per_video[video])
         per_video[video] += 1
-        d = _video_dict(dataset_name, video, exp_id, query, frames, (height, width), [1], masks)
+        d = _video_record(dataset_name, video, exp_id, query, frames, (height, width), [1], masks)
         d["action"] = action
         dicts.append(d)
     return dicts

@@ -22,7 +22,7 @@ from rvos_d2.data.datasets.ref_ytvos import (
     video_expressions,
     video_frames,
 )
-from rvos_d2.data.datasets.registration import register_replacing, resolve_root
+from rvos_d2.data.datasets.registration import register_replacing, resolve_root, rvos_record
 
 SPLITS = {"mevis_train": "train", "mevis_valid_u": "valid_u", "mevis_valid": "valid"}
 SPLITS_WITH_MASKS = ("train", "valid_u")
@@ -61,19 +61,7 @@ def load_mevis(root: str, split: str, dataset_name: str) -> list[dict[str, Any]]
         frames = video_frames(entry, exp_path, video_id)
         listed = {name: i for i, name in enumerate(entry["frames"])}
         for exp_id, text in video_expressions(entry, exp_path, video_id).items():
-            record = {
-                "dataset_name": dataset_name,
-                "video_id": video_id,
-                "exp_id": exp_id,
-                "expression": text,
-                "file_names": [f"{image_dir}/{video_id}/{f}.jpg" for f in frames],
-                "frame_names": list(frames),
-                "height": None,
-                "width": None,
-                "length": len(frames),
-                "has_masks": has_masks,
-                "obj_ids": [],
-            }
+            obj_ids, mask_annotations = [], None
             if has_masks:
                 exp = entry["expressions"][exp_id]
                 where = f"{exp_path}: video {video_id!r} expression {exp_id!r}"
@@ -81,8 +69,7 @@ def load_mevis(root: str, split: str, dataset_name: str) -> list[dict[str, Any]]
                 anno_ids = [str(i) for i in _id_list(exp, "anno_id", where)]
                 if len(anno_ids) != len(obj_ids):
                     raise ValueError(f"{where}: {len(obj_ids)} obj_id but {len(anno_ids)} anno_id")
-                record["obj_ids"] = obj_ids
-                record["mask_annotations"] = [
+                mask_annotations = [
                     {
                         "type": "mevis_rle",
                         "file": mask_path,
@@ -91,6 +78,18 @@ def load_mevis(root: str, split: str, dataset_name: str) -> list[dict[str, Any]]
                     }
                     for f in frames
                 ]
+            record = rvos_record(
+                dataset_name=dataset_name,
+                video_id=video_id,
+                exp_id=exp_id,
+                expression=text,
+                file_names=[f"{image_dir}/{video_id}/{f}.jpg" for f in frames],
+                frame_names=frames,
+                height=None,
+                width=None,
+                obj_ids=obj_ids,
+                mask_annotations=mask_annotations,
+            )
             dicts.append(record)
     return dicts
 

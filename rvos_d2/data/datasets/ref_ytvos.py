@@ -30,6 +30,7 @@ from rvos_d2.data.datasets.registration import (
     register_replacing,
     require_dir,
     resolve_root,
+    rvos_record,
 )
 
 HOLDOUT_MODULUS = 20  # a train video is held out when md5(video id) % 20 == 0 (about 5%)
@@ -146,19 +147,7 @@ def load_ref_ytvos(
         file_names = [f"{image_dir}/{video_id}/{f}.jpg" for f in frames]
         mask_files = [f"{ann_dir}/{video_id}/{f}.png" for f in frames] if has_masks else []
         for exp_id, text in expressions.items():
-            record = {
-                "dataset_name": dataset_name,
-                "video_id": video_id,
-                "exp_id": exp_id,
-                "expression": text,
-                "file_names": list(file_names),
-                "frame_names": list(frames),
-                "height": height,
-                "width": width,
-                "length": len(frames),
-                "has_masks": has_masks,
-                "obj_ids": [],
-            }
+            obj_ids, mask_annotations = [], None
             if has_masks:
                 obj_id = entry["expressions"][exp_id].get("obj_id")
                 if str(obj_id) not in video_meta["objects"]:
@@ -167,10 +156,20 @@ def load_ref_ytvos(
                         f"{obj_id!r}, which {meta_path} does not list for that video "
                         f"(known: {sorted(video_meta['objects'])})"
                     )
-                record["obj_ids"] = [int(obj_id)]
-                record["mask_annotations"] = [
-                    {"type": "palette_png", "file": path} for path in mask_files
-                ]
+                obj_ids = [int(obj_id)]
+                mask_annotations = [{"type": "palette_png", "file": path} for path in mask_files]
+            record = rvos_record(
+                dataset_name=dataset_name,
+                video_id=video_id,
+                exp_id=exp_id,
+                expression=text,
+                file_names=file_names,
+                frame_names=frames,
+                height=height,
+                width=width,
+                obj_ids=obj_ids,
+                mask_annotations=mask_annotations,
+            )
             dicts.append(record)
     return dicts
 

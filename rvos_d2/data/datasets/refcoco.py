@@ -28,6 +28,7 @@ from rvos_d2.data.datasets.registration import (
     register_lazy,
     require_dir,
     require_file,
+    rvos_record,
 )
 
 # (dataset, split_by) -> splits of the released refs file
@@ -148,23 +149,21 @@ def load_refcoco(
             sent_id = sentence.get("sent_id")
             expression = clean_expression(sentence.get("sent", ""), f"{where} sentence {sent_id}")
             dicts.append(
-                {
-                    "dataset_name": dataset_name,
-                    "video_id": str(image_id),
-                    "exp_id": str(sent_id),
-                    "expression": expression,
-                    "file_names": [str(image_path)],
-                    "frame_names": [Path(image["file_name"]).stem],
-                    "height": height,
-                    "width": width,
-                    "length": 1,
-                    "has_masks": True,
-                    "is_image": True,
-                    "obj_ids": [ann_id],
-                    "mask_annotations": [{"type": "rle", "rle": rles[ann_id]}],
-                    "ref_id": ref_id,
-                    "category_id": ref.get("category_id", anns[ann_id].get("category_id")),
-                }
+                rvos_record(
+                    dataset_name=dataset_name,
+                    video_id=str(image_id),
+                    exp_id=str(sent_id),
+                    expression=expression,
+                    file_names=[str(image_path)],
+                    frame_names=[Path(image["file_name"]).stem],
+                    height=height,
+                    width=width,
+                    obj_ids=[ann_id],
+                    mask_annotations=[{"type": "rle", "rle": rles[ann_id]}],
+                    is_image=True,
+                    ref_id=ref_id,
+                    category_id=ref.get("category_id", anns[ann_id].get("category_id")),
+                )
             )
     return dicts
 

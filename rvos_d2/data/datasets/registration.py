@@ -1,4 +1,5 @@
-"""Shared helpers for dataset modules: the datasets root, lazy registration and input checks.
+"""Shared helpers for dataset modules: the datasets root, lazy registration, input checks and
+the one builder of RVOS dataset records.
 
 Registration never touches the disk: the root is resolved and files are read only when
 `DatasetCatalog.get(name)` calls the loader, so `import rvos_d2` stays fast and a missing
@@ -64,3 +65,49 @@ def clean_expression(text: str, where: str) -> str:
     if not cleaned:
         raise ValueError(f"{where}: empty referring expression")
     return cleaned
+
+
+def rvos_record(
+    *,
+    dataset_name: str,
+    video_id: str,
+    exp_id: str,
+    expression: str,
+    file_names: list[str],
+    frame_names: list[str],
+    height: int | None,
+    width: int | None,
+    obj_ids: list[int] = (),
+    mask_annotations: list[dict[str, Any] | None] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One RVOS dataset dict (a video or image and one expression), the format every mapper
+    and evaluator reads. `mask_annotations` (one entry per frame, None where unannotated; see
+    rvos_d2.data.mask_io) is given for splits with masks; `extra` keys are kept as they are."""
+    if len(frame_names) != len(file_names):
+        raise ValueError(
+            f"{dataset_name} video {video_id}: {len(file_names)} frames but "
+            f"{len(frame_names)} frame names"
+        )
+    record = {
+        "dataset_name": dataset_name,
+        "video_id": video_id,
+        "exp_id": exp_id,
+        "expression": expression,
+        "file_names": [str(f) for f in file_names],
+        "frame_names": list(frame_names),
+        "height": height,
+        "width": width,
+        "length": len(file_names),
+        "has_masks": mask_annotations is not None,
+        "obj_ids": list(obj_ids),
+        **extra,
+    }
+    if mask_annotations is not None:
+        if len(mask_annotations) != len(file_names):
+            raise ValueError(
+                f"{dataset_name} video {video_id}: {len(mask_annotations)} mask annotations "
+                f"for {len(file_names)} frames"
+            )
+        record["mask_annotations"] = list(mask_annotations)
+    return record
