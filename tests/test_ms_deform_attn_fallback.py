@@ -199,3 +199,16 @@ def test_layer_under_cpu_autocast_uses_the_compiled_kernel(monkeypatch):
     assert [kind for kind, _ in spy.calls] == ["forward", "forward", "backward"]
     torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+
+
+@needs_compiled
+def test_pytorch_path_context_skips_the_kernel_without_warning(monkeypatch, fallback_warnings):
+    spy = _CountingExtension(ms_deform_attn_func._C)
+    monkeypatch.setattr(ms_deform_attn_func, "_C", spy)
+    inputs = make_inputs(1, 2, 4, [(4, 5)], 3, 2, dtype=torch.float32)
+    with ms_deform_attn_func.pytorch_path():
+        inside = ms_deform_attn(*inputs)
+    assert spy.calls == [] and not fallback_warnings()
+    torch.testing.assert_close(inside, ms_deform_attn_reference(*inputs))
+    ms_deform_attn(*inputs)
+    assert spy.calls == [("forward", torch.float32)]

@@ -8,10 +8,12 @@ for each cause logs one warning naming it and the command that rebuilds the exte
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import re
 import weakref
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -56,11 +58,23 @@ _CUDA_PROBLEMS: dict[int, str | None] = {}
 _LAST_VALID_LAYOUT = None
 _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 _CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
+_FORCE_PYTORCH_PATH = False
 
 
 def compiled_op_available() -> bool:
     """True when the compiled extension `rvos_d2._C` was imported."""
     return _C is not None
+
+
+@contextlib.contextmanager
+def pytorch_path() -> Iterator[None]:
+    """Runs `ms_deform_attn` on the pure-PyTorch path inside the block (benchmarks, debugging)."""
+    global _FORCE_PYTORCH_PATH
+    previous, _FORCE_PYTORCH_PATH = _FORCE_PYTORCH_PATH, True
+    try:
+        yield
+    finally:
+        _FORCE_PYTORCH_PATH = previous
 
 
 def compiled_op_status() -> dict:
@@ -309,6 +323,8 @@ def _kernel_dtype(value: Tensor) -> torch.dtype | None:
     CUDA kernels take every floating dtype (16-bit ones accumulate in float32); the CPU kernels
     take float32 / float64, so 16-bit CPU values run in float32 and are cast back.
     """
+    if _FORCE_PYTORCH_PATH:
+        return None
     if _C is None:
         _warn_once(_LOAD_ERROR)
         return None
