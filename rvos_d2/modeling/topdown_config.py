@@ -37,6 +37,9 @@ def add_topdown_config(cfg: CN) -> None:
     cfg.MODEL.TOPDOWN.GROUNDING.DROPOUT = 0.1  # dropout in the Transformer layers
     # training: clips whose best tracklet has a lower tracklet IoU with the target are skipped
     cfg.MODEL.TOPDOWN.GROUNDING.MIN_TARGET_IOU = 0.3
+    # ... or, instead of being skipped, get the ground-truth tracklet as an extra tracklet and the
+    # target (as detectron2's PROPOSAL_APPEND_GT adds ground-truth boxes to the proposals)
+    cfg.MODEL.TOPDOWN.GROUNDING.APPEND_GT = True
 
     cfg.MODEL.TOPDOWN.ENSEMBLE = CN()  # grounding models averaged with this one at inference
     cfg.MODEL.TOPDOWN.ENSEMBLE.CONFIG_FILES = []  # TopDownRVOS config file of each extra model

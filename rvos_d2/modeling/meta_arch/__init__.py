@@ -1,5 +1,6 @@
 """Meta-architectures registered in detectron2's META_ARCH_REGISTRY."""
 
 from rvos_d2.modeling.meta_arch.referformer import ReferFormer
+from rvos_d2.modeling.meta_arch.topdown import TopDownRVOS
 
-__all__ = ["ReferFormer"]
+__all__ = ["ReferFormer", "TopDownRVOS"]
