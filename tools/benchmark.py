@@ -246,6 +246,290 @@ def bench_tracklet_nms(args: argparse.Namespace) -> dict:
     }
 
 
+def _configure_propagation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="model config (default: Propagation/STCN-R50.yaml, or Synthetic/STCN-tiny.yaml "
+        "with --quick)",
+    )
+    parser.add_argument("--frames", default="100,2000", help="video lengths, comma-separated")
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=None, help="frame H W (480 864; --quick: 96 160)"
+    )
+    parser.add_argument("--objects", type=int, default=2, help="objects propagated together")
+    parser.add_argument("--max-memory-frames", type=int, default=10, help="0: no limit")
+
+
+def _rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@benchmark(
+    "propagation",
+    "STCN Propagator on streamed synthetic videos: frames per second and peak memory per length",
+    _configure_propagation,
+)
+def bench_propagation(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from rvos_d2.config import load_config
+    from rvos_d2.modeling.propagation import Propagator
+
+    from detectron2.modeling import build_model
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    default = "Synthetic/STCN-tiny.yaml" if args.quick else "Propagation/STCN-R50.yaml"
+    config = args.config or str(root / default)
+    cfg = load_config(config, ["MODEL.DEVICE", args.device])
+    network = build_model(cfg).network.eval()
+    dtype = getattr(torch, args.dtype)
+    if dtype != torch.float32:
+        network.to(dtype=dtype)
+        network.normalize = _cast_input(network.normalize, dtype)
+    p = cfg.MODEL.PROPAGATION
+    propagator = Propagator(
+        network,
+        mem_every=p.MEM_EVERY,
+        include_last=p.INCLUDE_LAST,
+        max_memory_frames=args.max_memory_frames,
+    )
+    device = torch.device(args.device)
+    height, width = args.size or ((96, 160) if args.quick else (480, 864))
+    gen = torch.Generator().manual_seed(0)
+    texture = torch.randint(0, 256, (3, height + 64, width + 64), generator=gen, dtype=torch.uint8)
+    masks = torch.zeros(args.objects, height, width)
+    for k in range(args.objects):
+        masks[k, height // 4 : height // 2, k * width // (args.objects + 1) :][:, : width // 8] = 1
+
+    def frames(n: int):  # a panning texture, made one frame at a time (never stored)
+        for t in range(n):
+            dy, dx = t % 64, (2 * t) % 64
+            yield texture[:, dy : dy + height, dx : dx + width].to(device)
+
+    result = {"benchmark": "propagation", "device": str(device), "dtype": args.dtype}
+    result.update(config=str(config), size=[height, width], objects=args.objects)
+    result.update(max_memory_frames=args.max_memory_frames, mem_every=p.MEM_EVERY, runs={})
+    for n in (int(x) for x in args.frames.split(",")):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        base_rss = peak_rss = _rss_bytes()
+        start = time.perf_counter()
+        for t, _, _ in propagator.stream(frames(n), 0, masks):
+            if device.type == "cpu" and t % 10 == 0:
+                peak_rss = max(peak_rss, _rss_bytes())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        run = {"fps": n / seconds, "seconds": seconds}
+        run["memory_frames_at_end"] = len(propagator.memory_banks["forward"].entries)
+        if device.type == "cuda":
+            run["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            run["peak_rss_mib"] = max(peak_rss, _rss_bytes()) / 2**20
+            run["peak_rss_growth_mib"] = (max(peak_rss, _rss_bytes()) - base_rss) / 2**20
+        result["runs"][str(n)] = run
+    return result
+
+
+def _cast_input(normalize: Callable, dtype: torch.dtype) -> Callable:
+    return lambda images: normalize(images).to(dtype)
+
+
+def _configure_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        default=None,
+        help="config to benchmark, repeatable (default: configs/Synthetic/ReferFormer-tiny.yaml)",
+    )
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument(
+        "--weights", default="", help="checkpoint to load (default: random weights)"
+    )
+    parser.add_argument("--frames", type=int, default=None, help="frames per video / clip")
+    parser.add_argument("--batch", type=int, default=None, help="clips per step (train_step)")
+    parser.add_argument("--size", type=int, nargs=2, default=None, help="frame H W")
+    parser.add_argument(
+        "--op-paths",
+        default="compiled,pytorch",
+        help="deformable attention paths to time, comma-separated (compiled, pytorch)",
+    )
+    parser.add_argument("--opts", nargs="*", default=[], help="config KEY VALUE overrides")
+
+
+def _model_cfg(config_file: str, args: argparse.Namespace):
+    """The config with the device set and MODEL.WEIGHTS replaced by --weights (random if empty)."""
+    from rvos_d2.config import load_config
+
+    opts = [*args.opts, "MODEL.DEVICE", args.device, "MODEL.WEIGHTS", args.weights]
+    return load_config(config_file, opts)
+
+
+def _frame_size(min_size: int, max_size: int, aspect: float = 16 / 9) -> tuple[int, int]:
+    """A 16:9 frame resized as ResizeShortestEdge would: short side `min_size`, long <= max."""
+    scale = min(1.0, max_size / (min_size * aspect)) if max_size > 0 else 1.0
+    return round(min_size * scale), round(min_size * aspect * scale)
+
+
+def _synthetic_video(frames: int, height: int, width: int, with_targets: bool, seed: int = 0):
+    """One model input of random frames (the mapper's output contract) with a box target."""
+    from detectron2.structures import BitMasks, Instances
+
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (frames, 3, height, width), generator=gen, dtype=torch.uint8)
+    video = {"image": image, "expression": "the object in the middle moving left"}
+    video.update(height=height, width=width, frame_ids=list(range(frames)))
+    if with_targets:
+        instances = []
+        for t in range(frames):
+            mask = torch.zeros(1, height, width, dtype=torch.bool)
+            mask[0, height // 4 : height // 2, width // 3 + t : width // 2 + t] = True
+            inst = Instances((height, width))
+            inst.gt_masks = BitMasks(mask)
+            inst.gt_boxes = inst.gt_masks.get_bounding_boxes()
+            inst.gt_classes = torch.zeros(1, dtype=torch.int64)
+            inst.gt_valid = torch.ones(1, dtype=torch.bool)
+            instances.append(inst)
+        video["instances"] = instances
+    return video
+
+
+def _measure(step: Callable[[], object], device: torch.device, args: argparse.Namespace) -> dict:
+    """Median step time and peak memory (CUDA max allocated, or CPU peak resident growth)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = {}
+    growth = _peak_rss_growth_mb(
+        lambda: timing.update(ms=time_ms(step, device, args.repeats, args.warmup))
+    )
+    result = {"step_ms": timing["ms"]}
+    if device.type == "cuda":
+        result["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        # The peak was reset when the timing began: VmHWM is the peak during the timed steps.
+        result["peak_rss_mib"] = _status_mib("VmHWM:")
+        result["peak_rss_growth_mib"] = growth
+    return result
+
+
+def _status_mib(key: str) -> float | None:
+    """A memory figure of this process from /proc/self/status in MiB (None off Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(x for x in f if x.startswith(key)).split()[1]) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def _bench_model(args: argparse.Namespace, mode: str) -> dict:
+    """`inference` or `train_step` of every --config-file, on each deformable-attention path."""
+    import contextlib
+    from pathlib import Path
+
+    from rvos_d2.layers.ms_deform_attn_func import compiled_op_available, pytorch_path
+
+    from detectron2.modeling import build_model
+
+    root = Path(__file__).resolve().parents[1]
+    configs = args.config_file or [str(root / "configs" / "Synthetic" / "ReferFormer-tiny.yaml")]
+    device = torch.device(args.device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    paths = [p for p in args.op_paths.split(",") if p]
+    unknown = set(paths) - {"compiled", "pytorch"}
+    if unknown:
+        raise ValueError(f"--op-paths: unknown path(s) {sorted(unknown)} (use compiled, pytorch)")
+    if "compiled" in paths and not compiled_op_available():
+        paths.remove("compiled")
+    result = {"benchmark": mode, "device": str(device), "amp": args.amp, "configs": {}}
+    for config_file in configs:
+        cfg = _model_cfg(config_file, args)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        if args.weights:
+            from rvos_d2.engine import RVOSCheckpointer
+
+            RVOSCheckpointer(model).load(args.weights)
+        if mode == "inference":
+            size = args.size or _frame_size(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+            frames = args.frames or (6 if args.quick else 36)
+            batch = [_synthetic_video(frames, *size, with_targets=False)]
+            step = _inference_step(model, batch, device, amp)
+        else:
+            min_size = max(cfg.INPUT.MIN_SIZE_TRAIN)
+            size = args.size or _frame_size(min_size, cfg.INPUT.MAX_SIZE_TRAIN)
+            frames = args.frames or cfg.INPUT.SAMPLING_FRAME_NUM
+            clips = args.batch or (1 if args.quick else cfg.SOLVER.IMS_PER_BATCH)
+            batch = [_synthetic_video(frames, *size, True, seed=i) for i in range(clips)]
+            step = _train_step(cfg, model, batch, device, amp)
+        entry = {"size": list(size), "frames_per_step": frames * len(batch), "paths": {}}
+        for path in paths:
+            context = pytorch_path() if path == "pytorch" else contextlib.nullcontext()
+            with context:
+                measured = _measure(step, device, args)
+            measured["frames_per_s"] = entry["frames_per_step"] / (measured["step_ms"] / 1000)
+            entry["paths"][path] = measured
+        if len(entry["paths"]) == 2:
+            ms = {p: v["step_ms"] for p, v in entry["paths"].items()}
+            entry["speedup_compiled_vs_pytorch"] = ms["pytorch"] / ms["compiled"]
+        result["configs"][str(config_file)] = entry
+    return result
+
+
+def _inference_step(model, batch: list[dict], device: torch.device, amp) -> Callable[[], object]:
+    """One inference call on the whole video, under autocast when `amp` is set."""
+    model.eval()
+
+    def step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return model(batch)
+
+    return step
+
+
+def _train_step(cfg, model, batch: list[dict], device: torch.device, amp) -> Callable[[], object]:
+    """Forward, backward and optimizer step on `batch` (fp16: with gradient scaling)."""
+    from rvos_d2.engine.optimizer import build_optimizer
+
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            losses = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+@benchmark(
+    "inference",
+    "whole-video inference of each --config-file: frames per second and peak memory",
+    _configure_model,
+)
+def bench_inference(args: argparse.Namespace) -> dict:
+    return _bench_model(args, "inference")
+
+
+@benchmark(
+    "train_step",
+    "training steps (forward, backward, optimizer) of each --config-file: frames/s, peak memory",
+    _configure_model,
+)
+def bench_train_step(args: argparse.Namespace) -> dict:
+    return _bench_model(args, "train_step")
+
+
 def main(argv: list[str] | None = None) -> None:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
