@@ -21,6 +21,7 @@ import torch
 import tqdm
 
 import rvos_d2  # noqa: F401  (shims, registrations)
+from rvos_d2.data.model_input import build_model_input
 from rvos_d2.data.transforms import augment_clip, build_clip_augmentations
 from rvos_d2.engine import RVOSCheckpointer
 from rvos_d2.utils.cli import load_config, run_cli
@@ -82,15 +83,9 @@ class VideoSegmenter:
         inputs = frames if self.image_format == "RGB" else [f[..., ::-1] for f in frames]
         resized, _, _ = augment_clip(self.augmentations, list(inputs), [None] * len(frames))
         height, width = frames[0].shape[:2]
-        model_input = {
-            "image": torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous(),
-            "expression": text.strip(),
-            "frame_ids": list(range(len(frames))),
-            "height": height,
-            "width": width,
-            "video_id": "demo",
-            "exp_id": "0",
-        }
+        model_input = build_model_input(
+            resized, text, height=height, width=width, video_id="demo", exp_id="0"
+        )
         output = self.model([model_input])[0]
         return output["pred_masks"].float().cpu().numpy(), output["scores"].float().cpu().numpy()
 

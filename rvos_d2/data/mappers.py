@@ -26,10 +26,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from rvos_d2.data.build import DATASET_MAPPER_REGISTRY
 from rvos_d2.data.mask_io import load_target_mask
+from rvos_d2.data.model_input import build_model_input
 from rvos_d2.data.transforms import (
     RandomAffine,
     augment_clip,
@@ -43,7 +43,6 @@ from rvos_d2.utils.image_io import read_image
 
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Instances
 
 
 def sample_clip_indices(
@@ -112,19 +111,6 @@ class _VideoReader:
             sized = {**self._dict, "height": self.size[0], "width": self.size[1]}
             self._masks[idx] = load_target_mask(sized, idx)
         return self._masks[idx]
-
-
-def _frame_instances(mask: np.ndarray | None, annotated: bool, image_size: tuple) -> Instances:
-    if mask is None:
-        mask = np.zeros(image_size, dtype=bool)
-    instances = Instances(image_size)
-    bitmasks = BitMasks(torch.from_numpy(np.ascontiguousarray(mask))[None])
-    instances.gt_masks = bitmasks
-    instances.gt_boxes = bitmasks.get_bounding_boxes()
-    instances.gt_classes = torch.zeros(1, dtype=torch.int64)
-    instances.gt_valid = torch.tensor([bool(mask.any())])
-    instances.gt_annotated = torch.tensor([annotated])
-    return instances
 
 
 @DATASET_MAPPER_REGISTRY.register()
@@ -213,23 +199,19 @@ class RVOSDatasetMapper:
             expression = swap_left_right(expression)
 
         height, width = reader.size
-        output = {
-            "image": torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(),
-            "expression": expression,
-            "frame_ids": frame_ids,
-            "file_names": [dataset_dict["file_names"][i] for i in frame_ids],
-            "height": height,
-            "width": width,
-            "video_id": dataset_dict.get("video_id"),
-            "exp_id": dataset_dict.get("exp_id"),
-            "dataset_name": dataset_dict.get("dataset_name"),
-        }
-        if annotated is not None:
-            image_size = frames[0].shape[:2]
-            output["instances"] = [
-                _frame_instances(m, a, image_size) for m, a in zip(masks, annotated)
-            ]
-        return output
+        return build_model_input(
+            frames,
+            expression,
+            height=height,
+            width=width,
+            frame_ids=frame_ids,
+            masks=None if annotated is None else masks,
+            annotated=annotated,
+            file_names=[dataset_dict["file_names"][i] for i in frame_ids],
+            video_id=dataset_dict.get("video_id"),
+            exp_id=dataset_dict.get("exp_id"),
+            dataset_name=dataset_dict.get("dataset_name"),
+        )
 
     def _training_clip(
         self, dataset_dict: dict[str, Any], reader: _VideoReader, label: str
