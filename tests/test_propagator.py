@@ -38,7 +38,7 @@ class ColourMatcher(nn.Module):
     def encode_value(self, image, key_f16, masks):
         return masks.unsqueeze(1)
 
-    def segment(self, memory: MemoryBank, feats: KeyFeatures) -> torch.Tensor:
+    def segment(self, memory: MemoryBank, feats: KeyFeatures, context=None) -> torch.Tensor:
         return 20 * (memory.read(feats.key, self.top_k)[:, 0] - 0.5)
 
 

@@ -13,6 +13,9 @@ def add_propagation_config(cfg: CN) -> None:
     cfg.MODEL.PROPAGATION.KEY_DIM = 64  # channels of the projected keys
     cfg.MODEL.PROPAGATION.VALUE_DIM = 512  # channels of the memory values and compressed keys
     cfg.MODEL.PROPAGATION.DECODER_DIM = 256  # channels of the decoder's stride-8 and -4 maps
+    # "stcn": memory read only; "cfbi": plus CFBI-style fg/bg matching maps in the decoder input
+    cfg.MODEL.PROPAGATION.MATCHING = "stcn"
+    cfg.MODEL.PROPAGATION.MATCHING_LOCAL_RADIUS = 4  # local matching window radius (stride 16)
     cfg.MODEL.PROPAGATION.TOP_K = 20  # memory entries kept per query position at inference
     cfg.MODEL.PROPAGATION.MEM_EVERY = 5  # every k-th frame from the anchor enters the memory
     cfg.MODEL.PROPAGATION.INCLUDE_LAST = False  # also read the previous frame (temporary memory)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from rvos_d2.modeling.propagation.aggregation import aggregate_logits, soft_aggregate
 from rvos_d2.modeling.propagation.losses import bootstrap_fraction, bootstrapped_cross_entropy
+from rvos_d2.modeling.propagation.matching import MatchingContext
 from rvos_d2.modeling.propagation.network import STCNNetwork
 from rvos_d2.modeling.propagation.propagator import Propagator, pad_to_multiple, unpad
 from rvos_d2.modeling.registry import PROPAGATION_REGISTRY
@@ -117,14 +118,17 @@ class SpaceTimeMemoryNetwork(nn.Module):
         feats = net.encode_key(images)
         keys = [feats.key[0].flatten(1)]
         values = [net.encode_value(images[0], feats.f16[0], padded_masks[0]).flatten(2)]
+        reference = previous = (feats.key[0], padded_masks[0])  # for CFBI-style matching
         losses = []
         for t in range(1, masks.shape[0]):
-            logits = net.segment_dense(torch.cat(keys, 1), torch.cat(values, 2), feats[t])
+            context = MatchingContext(*reference, *previous)
+            logits = net.segment_dense(torch.cat(keys, 1), torch.cat(values, 2), feats[t], context)
             agg = aggregate_logits(torch.sigmoid(logits))
             labels = label_map(masks[t])
             losses.append(bootstrapped_cross_entropy(unpad(agg, pad), labels, fraction))
+            probs = torch.softmax(agg, dim=0)[1:]
+            previous = (feats.key[t], probs)
             if t + 1 < masks.shape[0]:
-                probs = torch.softmax(agg, dim=0)[1:]
                 keys.append(feats.key[t].flatten(1))
                 values.append(net.encode_value(images[t], feats.f16[t], probs).flatten(2))
         return torch.stack(losses).sum()

@@ -4,7 +4,8 @@ Keys come from one encoder shared by query and memory frames; a memory frame's v
 from a second encoder that also sees the object's mask and the other objects' masks and is
 fused with the key encoder's stride-16 map. A query frame reads the memory through an L2
 affinity (top-k softmax at inference) and a decoder with stride-8/4 skip connections turns the
-readout into one mask logit map per object.
+readout into one mask logit map per object. With `matching="cfbi"`, CFBI-style foreground /
+background matching maps (rvos_d2.modeling.propagation.matching) join the decoder's input.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from rvos_d2.modeling.propagation.aggregation import others_sum
 from rvos_d2.modeling.propagation.blocks import FeatureFusion, ResBlock, UpsampleBlock
+from rvos_d2.modeling.propagation.matching import FgBgMatching, MatchingContext
 from rvos_d2.modeling.propagation.memory import MemoryBank, read_memory
 from rvos_d2.modeling.propagation.resnet import ResNetTrunk
 from rvos_d2.modeling.registry import PROPAGATION_REGISTRY
@@ -24,6 +26,7 @@ from rvos_d2.modeling.registry import PROPAGATION_REGISTRY
 from detectron2.config import configurable
 
 SIZE_DIVISIBILITY = 16  # frames are padded to a multiple of the key stride
+MATCHING_TYPES = ("stcn", "cfbi")
 
 
 @dataclass
@@ -85,6 +88,8 @@ class STCNNetwork(nn.Module):
         value_dim: int,
         decoder_dim: int,
         top_k: int,
+        matching: str = "stcn",
+        local_radius: int = 4,
         pixel_mean: tuple[float, ...],
         pixel_std: tuple[float, ...],
     ):
@@ -94,9 +99,17 @@ class STCNNetwork(nn.Module):
             encoder_width: stem channels of both encoders (64 in standard ResNets).
             key_dim, value_dim, decoder_dim: channels of keys, values, decoder maps.
             top_k: memory entries kept per query position at inference (training: all).
+            matching: "stcn" (memory read only) or "cfbi" (plus fg/bg matching maps).
+            local_radius: window radius of the local matching, in stride-16 positions.
             pixel_mean, pixel_std: RGB normalisation in 0-255 units.
         """
         super().__init__()
+        if matching not in MATCHING_TYPES:
+            raise ValueError(
+                f"MODEL.PROPAGATION.MATCHING={matching!r}: expected one of {MATCHING_TYPES}"
+            )
+        self.matching = FgBgMatching(local_radius) if matching == "cfbi" else None
+        extra = FgBgMatching.num_maps if self.matching is not None else 0
         self.key_encoder = ResNetTrunk(key_encoder_depth, width=encoder_width, bias=False)
         channels = self.key_encoder.out_channels
         self.key_proj = nn.Conv2d(channels["res4"], key_dim, 3, padding=1)
@@ -105,7 +118,7 @@ class STCNNetwork(nn.Module):
             value_encoder_depth, encoder_width, channels["res4"], value_dim
         )
         self.decoder = Decoder(
-            2 * value_dim, channels["res3"], channels["res2"], (value_dim, decoder_dim)
+            2 * value_dim + extra, channels["res3"], channels["res2"], (value_dim, decoder_dim)
         )
         self.top_k = top_k
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -122,6 +135,8 @@ class STCNNetwork(nn.Module):
             "value_dim": p.VALUE_DIM,
             "decoder_dim": p.DECODER_DIM,
             "top_k": p.TOP_K,
+            "matching": p.MATCHING,
+            "local_radius": p.MATCHING_LOCAL_RADIUS,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
         }
@@ -147,18 +162,33 @@ class STCNNetwork(nn.Module):
         key_f16 = key_f16.unsqueeze(0).expand(k, -1, -1, -1)
         return self.value_encoder(image, key_f16, masks, others_sum(masks))
 
-    def decode(self, readout: Tensor, feats: KeyFeatures) -> Tensor:
-        """Readout (K, C_v, h, w) for one frame's features (unbatched) -> logits (K, H, W)."""
+    def decode(self, readout: Tensor, feats: KeyFeatures, context: MatchingContext | None = None):
+        """Readout (K, C_v, h, w) for one frame's features (unbatched) -> logits (K, H, W);
+        `context` (reference and previous frame) is needed with CFBI matching."""
         k = readout.shape[0]
-        x = torch.cat([readout, feats.key_comp.unsqueeze(0).expand(k, -1, -1, -1)], dim=1)
+        parts = [readout, feats.key_comp.unsqueeze(0).expand(k, -1, -1, -1)]
+        if self.matching is not None:
+            if context is None:
+                raise ValueError("CFBI matching needs the reference and previous frames")
+            parts.append(self.matching(feats.key, context))
+        x = torch.cat(parts, dim=1)
         f8 = feats.f8.unsqueeze(0).expand(k, -1, -1, -1)
         f4 = feats.f4.unsqueeze(0).expand(k, -1, -1, -1)
         return self.decoder(x, f8, f4).squeeze(1)
 
-    def segment(self, memory: MemoryBank, feats: KeyFeatures) -> Tensor:
+    def segment(
+        self, memory: MemoryBank, feats: KeyFeatures, context: MatchingContext | None = None
+    ) -> Tensor:
         """Per-object mask logits (K, H, W) of one frame (unbatched features) read from memory."""
-        return self.decode(memory.read(feats.key, self.top_k), feats)
+        return self.decode(memory.read(feats.key, self.top_k), feats, context)
 
-    def segment_dense(self, memory_keys: Tensor, memory_values: Tensor, feats: KeyFeatures):
+    def segment_dense(
+        self,
+        memory_keys: Tensor,
+        memory_values: Tensor,
+        feats: KeyFeatures,
+        context: MatchingContext | None = None,
+    ) -> Tensor:
         """As `segment` for raw memory tensors (C_k, N), (K, C_v, N), full softmax (training)."""
-        return self.decode(read_memory(memory_keys, memory_values, feats.key, None), feats)
+        readout = read_memory(memory_keys, memory_values, feats.key, None)
+        return self.decode(readout, feats, context)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rvos_d2.modeling.propagation.aggregation import soft_aggregate
+from rvos_d2.modeling.propagation.matching import MatchingContext
 from rvos_d2.modeling.propagation.memory import MemoryBank, MemoryEntry
 from rvos_d2.modeling.propagation.network import SIZE_DIVISIBILITY, STCNNetwork
 
@@ -64,6 +65,8 @@ class _Pass:
         feats = propagator.network.encode_key(image.unsqueeze(0))[0]
         values = propagator.network.encode_value(image, feats.f16, probs[1:])
         self.memory.add(MemoryEntry(anchor, feats.key, values, float("inf"), permanent=True))
+        self.reference = (feats.key, probs[1:])  # for CFBI-style matching
+        self.previous = self.reference
         self.pending = None  # the last frame segmented, inserted once the next one comes
 
     def _commit_pending(self) -> None:
@@ -85,8 +88,11 @@ class _Pass:
         """Segments frame `t` (normalised, padded) -> (K+1, H, W) distribution, confidence."""
         self._commit_pending()
         feats = self.p.network.encode_key(image.unsqueeze(0))[0]
-        probs = soft_aggregate(torch.sigmoid(self.p.network.segment(self.memory, feats)))
+        context = MatchingContext(*self.reference, *self.previous)
+        logits = self.p.network.segment(self.memory, feats, context)
+        probs = soft_aggregate(torch.sigmoid(logits))
         confidence = frame_confidence(probs)
+        self.previous = (feats.key, probs[1:])
         self.pending = (t, image, feats, probs, confidence)
         return probs, confidence
 
