@@ -41,7 +41,7 @@ def test_candidates_of_two_models_on_key_frames():
     torch.manual_seed(0)
     models, formats, sizes = [], [], []
     for _ in range(2):
-        model, cfg = build_candidate_model(MASK_RCNN, "", SMALL, "cpu")
+        model, cfg = build_candidate_model(MASK_RCNN, SMALL, "cpu")
         models.append(model)
         formats.append(cfg.INPUT.FORMAT)
         sizes.append((cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, configurable, get_cfg
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import build_model
@@ -61,17 +60,15 @@ def resolve_candidate_config(name: str) -> str:
 
 
 def build_candidate_model(
-    config_file: str, weights: str, opts: Sequence[str], device: str
+    config_file: str, opts: Sequence[str], device: str
 ) -> tuple[nn.Module, CfgNode]:
-    """A detectron2 model built from its own config (`opts`: KEY VALUE overrides) with `weights`
-    loaded by DetectionCheckpointer ("" keeps the random initialisation); frozen, in eval mode."""
+    """A detectron2 model built from its own config (`opts`: KEY VALUE overrides), frozen and in
+    eval mode; its weights are loaded with the rest of the model's (assemble_topdown_weights)."""
     cfg = get_cfg()
     cfg.merge_from_file(resolve_candidate_config(config_file))
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = device
     model = build_model(cfg)
-    if weights:
-        DetectionCheckpointer(model).load(weights)
     model.requires_grad_(False)
     return model.eval(), cfg
 
@@ -138,10 +135,7 @@ class KeyFrameCandidates(nn.Module):
                 "MODEL.TOPDOWN.CANDIDATES: CONFIG_FILES must name at least one model, with one "
                 f"WEIGHTS and one OPTS entry each; got {len(files)}, {len(weights)}, {len(opts)}"
             )
-        built = [
-            build_candidate_model(f, w, o, cfg.MODEL.DEVICE)
-            for f, w, o in zip(files, weights, opts)
-        ]
+        built = [build_candidate_model(f, o, cfg.MODEL.DEVICE) for f, o in zip(files, opts)]
         return {
             "models": [m for m, _ in built],
             "input_formats": [c_.INPUT.FORMAT for _, c_ in built],

@@ -30,6 +30,8 @@ def add_topdown_config(cfg: CN) -> None:
 
     cfg.MODEL.TOPDOWN.GROUNDING = CN()  # visual encoder = MODEL.BACKBONE, words: TEXT_ENCODER
     cfg.MODEL.TOPDOWN.GROUNDING.IN_FEATURE = "res5"  # backbone map pooled under the masks
+    # pretrained visual encoder (e.g. ImageNet ResNet), read by assemble_topdown_weights
+    cfg.MODEL.TOPDOWN.GROUNDING.BACKBONE_WEIGHTS = ""
     cfg.MODEL.TOPDOWN.GROUNDING.HIDDEN_DIM = 768  # token width D (the paper: 768)
     cfg.MODEL.TOPDOWN.GROUNDING.NUM_LAYERS = 4  # Transformer encoder layers (the paper: 4)
     cfg.MODEL.TOPDOWN.GROUNDING.NHEADS = 12  # attention heads (the paper: 12)

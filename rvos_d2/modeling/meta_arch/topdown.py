@@ -14,7 +14,6 @@ checkpoint for MODEL.WEIGHTS.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -38,8 +37,6 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 
 __all__ = ["GroundingModel", "TopDownRVOS", "assemble_topdown_weights"]
-
-logger = logging.getLogger(__name__)
 
 
 class GroundingModel(nn.Module):
@@ -334,10 +331,12 @@ def _build_ensemble(cfg: CfgNode, config_files, weights) -> list[GroundingModel]
 
 
 def assemble_topdown_weights(cfg: CfgNode, model: TopDownRVOS | None = None) -> dict[str, Tensor]:
-    """The state dict of a TopDownRVOS whose candidate models carry MODEL.TOPDOWN.CANDIDATES
-    .WEIGHTS and whose propagation network carries MODEL.TOPDOWN.PROPAGATION_WEIGHTS (each loaded
-    by detectron2's checkpointer into that part, so model-zoo .pkl files load as they are); save
-    it and give it as MODEL.WEIGHTS. Parts without weights keep their initialisation."""
+    """The state dict of a TopDownRVOS whose parts carry their pretrained weights: the candidate
+    models MODEL.TOPDOWN.CANDIDATES.WEIGHTS, the grounding backbone GROUNDING.BACKBONE_WEIGHTS
+    (each loaded by detectron2's checkpointer into that part, so model-zoo .pkl files load as
+    they are) and the propagation network PROPAGATION_WEIGHTS (an rvos_d2 checkpoint of the
+    network or of SpaceTimeMemoryNetwork). Save it and give it as MODEL.WEIGHTS to train the
+    grounding model. Parts without weights keep their initialisation."""
     from rvos_d2.engine.checkpoint import RVOSCheckpointer, load_checkpoint_file
 
     from detectron2.modeling import build_model
@@ -347,8 +346,32 @@ def assemble_topdown_weights(cfg: CfgNode, model: TopDownRVOS | None = None) -> 
     for part, path in zip(model.candidates.models, td.CANDIDATES.WEIGHTS):
         if path:
             RVOSCheckpointer(part).load(path)
+    if td.GROUNDING.BACKBONE_WEIGHTS:
+        RVOSCheckpointer(model.grounding.backbone).load(td.GROUNDING.BACKBONE_WEIGHTS)
     if td.PROPAGATION_WEIGHTS:
         state = load_checkpoint_file(td.PROPAGATION_WEIGHTS)["model"]
         network = {k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")}
         model.propagation_network.load_state_dict(network or state)
     return model.state_dict()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Writes the assembled initial weights of a TopDownRVOS config to a file."""
+    import argparse
+
+    from rvos_d2.config import load_config
+
+    parser = argparse.ArgumentParser(
+        description="python -m rvos_d2.modeling.meta_arch.topdown: " + main.__doc__
+    )
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--output", required=True, help="checkpoint to write (for MODEL.WEIGHTS)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    state = assemble_topdown_weights(load_config(args.config_file, args.opts))
+    torch.save({"model": state}, args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
