@@ -400,23 +400,52 @@ def _synthetic_video(frames: int, height: int, width: int, with_targets: bool, s
     return video
 
 
-def _measure(step: Callable[[], object], device: torch.device, args: argparse.Namespace) -> dict:
-    """Median step time and peak memory (CUDA max allocated, or CPU peak resident growth)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    timing = {}
-    growth = _peak_rss_growth_mb(
-        lambda: timing.update(ms=time_ms(step, device, args.repeats, args.warmup))
-    )
-    result = {"step_ms": timing["ms"]}
-    if device.type == "cuda":
-        result["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        # The peak was reset when the timing began: VmHWM is the peak during the timed steps.
-        result["peak_rss_mib"] = _status_mib("VmHWM:")
-        result["peak_rss_growth_mib"] = growth
-    return result
+def _measure_paths(
+    step: Callable[[], object], paths: list[str], device: torch.device, args: argparse.Namespace
+) -> dict[str, dict]:
+    """Median step time and peak memory per op path; the paths alternate step by step, so a
+    change in machine load during the run affects them alike."""
+    from rvos_d2.layers.ms_deform_attn_func import pytorch_path
+
+    def on_path(path: str) -> None:
+        if path == "pytorch":
+            with pytorch_path():
+                step()
+        else:
+            step()
+
+    for _ in range(args.warmup):
+        for path in paths:
+            on_path(path)
+    samples = {path: {"ms": [], "peak": [], "growth": []} for path in paths}
+    for _ in range(args.repeats):
+        for path in paths:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            timing = {}
+
+            def timed(path=path, timing=timing):
+                timing["ms"] = time_ms(lambda: on_path(path), device, repeats=1, warmup=0)
+
+            growth = _peak_rss_growth_mb(timed)
+            record = samples[path]
+            record["ms"].append(timing["ms"])
+            if device.type == "cuda":
+                record["peak"].append(torch.cuda.max_memory_allocated(device) / 2**20)
+            else:
+                # The peak was reset when the step began: VmHWM is the peak during the step.
+                record["peak"].append(_status_mib("VmHWM:"))
+                record["growth"].append(growth)
+    results = {}
+    for path, record in samples.items():
+        results[path] = {"step_ms": statistics.median(record["ms"])}
+        if device.type == "cuda":
+            results[path]["peak_cuda_allocated_mib"] = max(record["peak"])
+        elif None not in record["peak"]:
+            results[path]["peak_rss_mib"] = max(record["peak"])
+            results[path]["peak_rss_growth_mib"] = max(record["growth"])
+    return results
 
 
 def _status_mib(key: str) -> float | None:
@@ -430,10 +459,9 @@ def _status_mib(key: str) -> float | None:
 
 def _bench_model(args: argparse.Namespace, mode: str) -> dict:
     """`inference` or `train_step` of every --config-file, on each deformable-attention path."""
-    import contextlib
     from pathlib import Path
 
-    from rvos_d2.layers.ms_deform_attn_func import compiled_op_available, pytorch_path
+    from rvos_d2.layers.ms_deform_attn_func import compiled_op_available
 
     from detectron2.modeling import build_model
 
@@ -469,12 +497,9 @@ def _bench_model(args: argparse.Namespace, mode: str) -> dict:
             batch = [_synthetic_video(frames, *size, True, seed=i) for i in range(clips)]
             step = _train_step(cfg, model, batch, device, amp)
         entry = {"size": list(size), "frames_per_step": frames * len(batch), "paths": {}}
-        for path in paths:
-            context = pytorch_path() if path == "pytorch" else contextlib.nullcontext()
-            with context:
-                measured = _measure(step, device, args)
+        entry["paths"] = _measure_paths(step, paths, device, args)
+        for measured in entry["paths"].values():
             measured["frames_per_s"] = entry["frames_per_step"] / (measured["step_ms"] / 1000)
-            entry["paths"][path] = measured
         if len(entry["paths"]) == 2:
             ms = {p: v["step_ms"] for p, v in entry["paths"].items()}
             entry["speedup_compiled_vs_pytorch"] = ms["pytorch"] / ms["compiled"]
