@@ -15,6 +15,7 @@ from rvos_d2.modeling.mask_branch import add_mask_branch_config
 from rvos_d2.modeling.meta_arch.referformer import add_referformer_config
 from rvos_d2.modeling.propagation.config import add_propagation_config
 from rvos_d2.modeling.query_decoder import add_query_decoder_config
+from rvos_d2.modeling.soc.config import add_soc_config
 from rvos_d2.modeling.text_encoder import add_text_encoder_config
 from rvos_d2.modeling.topdown_config import add_topdown_config
 from rvos_d2.modeling.transformer import add_deformable_transformer_config
@@ -72,6 +73,7 @@ def add_rvos_config(cfg: CN) -> None:
     add_query_decoder_config(cfg)
     add_mask_branch_config(cfg)
     add_referformer_config(cfg)
+    add_soc_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
     add_checkpoint_config(cfg)

@@ -45,6 +45,8 @@ class ConditionalQueryDecoder(nn.Module):
     feature, decoded per frame by a deformable decoder with iterative box refinement into
     referred-or-not logits and cxcywh boxes at every layer.
 
+    With `sentence_content` False (SOC) the queries' content starts at zero instead.
+
     Initial reference points come from each query's position embedding ("learned") or, with
     `reference_search`, from the queries' attention over the encoder memory after reading the
     words (TextGuidedReference), which also returns that attention for "loss_search".
@@ -58,10 +60,12 @@ class ConditionalQueryDecoder(nn.Module):
         num_queries: int,
         num_heads: int,
         reference_search: bool = False,
+        sentence_content: bool = True,
     ):
         super().__init__()
         hidden, num_layers = decoder.d_model, len(decoder.layers)
         self.num_queries = num_queries
+        self.sentence_content = sentence_content
         self.query_embed = nn.Embedding(num_queries, hidden)
         if reference_search:
             self.reference_search = TextGuidedReference(hidden, num_heads)
@@ -87,6 +91,7 @@ class ConditionalQueryDecoder(nn.Module):
             "num_queries": qd.NUM_QUERIES,
             "num_heads": cfg.MODEL.DEFORMABLE_TRANSFORMER.NHEADS,
             "reference_search": qd.REFERENCE_SEARCH,
+            "sentence_content": qd.SENTENCE_CONTENT,
         }
 
     def forward(
@@ -94,11 +99,14 @@ class ConditionalQueryDecoder(nn.Module):
     ) -> dict[str, Tensor | None]:
         """enc: the VL encoder's outputs for F frames; sentence F x C; words F x L x C with
         word_mask F x L. Returns hs (L x F x N x C), boxes (L x F x N x 4, each predicted
-        relative to the reference its layer used), logits (L x F x N) and search (F x N x S
-        attention over the memory, None without the reference search)."""
+        relative to the reference its layer used), logits (L x F x N), search (F x N x S
+        attention over the memory, None without the reference search) and references (per
+        layer, the F x N x 2 or x 4 reference it refined)."""
         n = sentence.shape[0]
         query_pos = self.query_embed.weight[None].expand(n, -1, -1)
         tgt = sentence[:, None].expand(-1, self.num_queries, -1).contiguous()
+        if not self.sentence_content:
+            tgt = torch.zeros_like(tgt)
         search = None
         if self.reference_search is None:
             initial = self.reference_points(query_pos).sigmoid()
@@ -127,7 +135,13 @@ class ConditionalQueryDecoder(nn.Module):
         embeds = self.decoder.bbox_embed
         boxes = [refine_boxes(embed(h), ref) for embed, h, ref in zip(embeds, hs, references)]
         logits = torch.stack([head(h).squeeze(-1) for head, h in zip(self.class_embed, hs)])
-        return {"hs": hs, "boxes": torch.stack(boxes), "logits": logits, "search": search}
+        return {
+            "hs": hs,
+            "boxes": torch.stack(boxes),
+            "logits": logits,
+            "search": search,
+            "references": references,
+        }
 
 
 def add_query_decoder_config(cfg: CfgNode) -> None:
@@ -139,3 +153,4 @@ def add_query_decoder_config(cfg: CfgNode) -> None:
     # encoder memory instead of the learned query positions (TextGuidedReference), trained with
     # "loss_search"; off in the paper's configs
     cfg.MODEL.QUERY_DECODER.REFERENCE_SEARCH = False
+    cfg.MODEL.QUERY_DECODER.SENTENCE_CONTENT = True  # queries start as the sentence feature; else 0

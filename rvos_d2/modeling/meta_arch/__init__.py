@@ -1,6 +1,7 @@
 """Meta-architectures registered in detectron2's META_ARCH_REGISTRY."""
 
 from rvos_d2.modeling.meta_arch.referformer import ReferFormer
+from rvos_d2.modeling.meta_arch.soc import SOC
 from rvos_d2.modeling.meta_arch.topdown import TopDownRVOS
 
-__all__ = ["ReferFormer", "TopDownRVOS"]
+__all__ = ["SOC", "ReferFormer", "TopDownRVOS"]
