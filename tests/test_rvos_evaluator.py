@@ -30,7 +30,8 @@ from tests.fixtures.eval_data import (
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
-METRIC_KEYS = ["J", "F", "JF", *metrics.precision_at([1.0]), "overall_IoU", "mean_IoU"]
+PAIR_METRICS = ["J", "F", "JF", *metrics.precision_at([1.0]), "overall_IoU", "mean_IoU"]
+METRIC_KEYS = PAIR_METRICS + ["IoU_variance", "JF_variance"]
 
 
 def _run(dataset_name, predict=target_mask, output_dir=None):
@@ -53,7 +54,7 @@ def test_perfect_predictions_score_one(eval_root):
     assert list(result) == ["rvos"]
     assert list(result["rvos"]) == METRIC_KEYS
     for key, value in result["rvos"].items():
-        assert value == 1.0, key
+        assert value == (0.0 if key.endswith("_variance") else 1.0), key
 
 
 def test_perfect_predictions_on_the_synthetic_dataset(synth_root):

@@ -4,7 +4,9 @@ Each pair is scored on its annotated frames only; J and F of a pair are means ov
 and dataset J, F, J&F are means over pairs (the DAVIS / Ref-YouTube-VOS / MeViS protocol). When
 the dataset metadata names dataset-dict keys in `eval_group_by` (Ref-DAVIS: annotator and
 expression type), every metric is computed per group of pairs sharing those keys' values and the
-reported value is the mean over groups. All metrics are fractions in [0, 1].
+reported value is the mean over groups. All metrics are fractions in [0, 1]. Temporal stability
+(SOC, Luo et al. 2023, Fig. 4; lower is steadier): IoU_variance and JF_variance are the variances
+over a pair's scored frames of its per-frame IoU and per-frame (J + F) / 2, averaged over pairs.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def _summarize_group(records: list[dict[str, Any]]) -> dict[str, float]:
         [v for r in records for v in r["I"]], [v for r in records for v in r["U"]]
     )
     summary["mean_IoU"] = float(np.mean(frame_ious))
+    summary["IoU_variance"] = float(np.mean([np.var(r["J"]) for r in records]))
+    frame_jf = [(np.asarray(r["J"]) + np.asarray(r["F"])) / 2 for r in records]
+    summary["JF_variance"] = float(np.mean([np.var(jf) for jf in frame_jf]))
     return summary
 
 
