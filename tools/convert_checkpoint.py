@@ -17,13 +17,17 @@ Supported inputs (detected from the keys, or forced with --format):
   stcn        the official STCN network (hkchengrex/STCN `stcn.pth`)
               -> rvos_d2 SpaceTimeMemoryNetwork (configs/Propagation/STCN-R50.yaml); every key is
               renamed (rvos_d2/modeling/propagation/convert.py), an unknown key is an error.
+  soc         the released SOC models (RobertLuo1/NeurIPS2023_SOC, "model_state_dict")
+              -> rvos_d2 SOC (configs/SOC); every key is renamed
+              (rvos_d2/modeling/converters/soc.py), an unknown key is an error.
 
 Dropped on purpose: classifier heads (fc, head, cls_head), BatchNorm num_batches_tracked and the
 Swin buffers relative_position_index / attn_mask (rvos_d2 recomputes them). The classifiers'
 final LayerNorm `norm` becomes `norm3` (the res5 output norm); norm0..norm2 of the other returned
 stages do not exist in classification checkpoints and keep their initialisation.
 
-Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth [--format auto|resnet|swin|video_swin|stcn]
+Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth
+       [--format auto|resnet|swin|video_swin|stcn|soc]
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rvos_d2.modeling.converters.soc import convert_soc, is_soc_checkpoint
 from rvos_d2.modeling.propagation.convert import convert_stcn, is_stcn_state_dict
 
-FORMATS = ("resnet", "swin", "video_swin", "stcn")
-WRAPPER_KEYS = ("state_dict", "model", "module")  # where training frameworks nest the weights
+FORMATS = ("resnet", "swin", "video_swin", "stcn", "soc")
+# where training frameworks nest the weights
+WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
 SWIN_BUFFERS = ("relative_position_index", "attn_mask")
 
 
@@ -68,7 +74,8 @@ def load_state_dict(path: str) -> dict[str, Tensor]:
     if not weights:
         raise CheckpointFormatError(f"{path}: no tensors found; keys: {sorted(data)[:10]}")
     weights = _strip_prefix(weights, "module.")
-    if any(k.startswith("backbone.") for k in weights):  # detection / video models: keep backbone
+    # detection / video models: keep the backbone (a full SOC model is converted whole)
+    if not is_soc_checkpoint(weights) and any(k.startswith("backbone.") for k in weights):
         weights = {
             k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")
         }
@@ -85,6 +92,8 @@ def detect_format(weights: dict[str, Tensor]) -> str:
     """Names the format of a backbone state dict (see the module docstring)."""
     if is_stcn_state_dict(weights):
         return "stcn"
+    if is_soc_checkpoint(weights):
+        return "soc"
     if "stem.conv1.weight" in weights or "res2.0.conv1.weight" in weights:
         raise CheckpointFormatError("already a detectron2 ResNet checkpoint: nothing to convert")
     if "conv1.weight" in weights and "layer1.0.conv1.weight" in weights:
@@ -169,8 +178,10 @@ CONVERTERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "swin": convert_swin,
     "video_swin": convert_video_swin,
     "stcn": convert_stcn,
+    "soc": convert_soc,
 }
-PREFIXES = {"stcn": "network."}  # where the converted weights sit in the model; else backbone.
+# where the converted weights sit in the model; else backbone.
+PREFIXES = {"stcn": "network.", "soc": ""}
 
 
 def convert(weights: dict[str, Tensor], fmt: str = "auto") -> tuple[dict[str, object], str]:
