@@ -1,5 +1,6 @@
 """Key-frame sampling and candidates from randomly initialised Mask R-CNNs of the model zoo."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +70,54 @@ def test_candidates_of_two_models_on_key_frames():
             assert int(chosen.sum()) <= 5
             scores = out.scores[chosen]
             assert torch.all(scores[:-1] >= scores[1:])  # best first
+
+
+def test_frame_instances_from_vos_videos_train_a_candidate_model(tmp_path):
+    """Every object of every annotated frame becomes an instance; a Mask R-CNN trains on them."""
+    from PIL import Image
+
+    from rvos_d2.modeling.keyframe_candidates import frame_instance_dicts
+
+    from detectron2.data import DatasetMapper
+    from detectron2.utils.events import EventStorage
+
+    files, annotations = [], []
+    for t in range(3):
+        ids = np.zeros((40, 48), np.uint8)
+        ids[5 : 15 + t, 4:20] = 1
+        if t != 1:  # object 2 leaves in frame 1
+            ids[25:35, 30:44] = 2
+        Image.fromarray(np.full((40, 48, 3), 60 * t, np.uint8)).save(tmp_path / f"{t}.jpg")
+        png = Image.fromarray(ids, mode="P")
+        png.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)  # as DAVIS / YouTube-VOS
+        png.save(tmp_path / f"{t}.png")
+        files.append(str(tmp_path / f"{t}.jpg"))
+        annotations.append(
+            None if t == 2 else {"type": "palette_png", "file": str(tmp_path / f"{t}.png")}
+        )
+    video = {
+        "video_id": "v",
+        "file_names": files,
+        "obj_ids": [1, 2],
+        "mask_annotations": annotations,
+    }
+    records = frame_instance_dicts([video])
+    assert [r["image_id"] for r in records] == ["v/0", "v/1"]  # frame 2 has no annotation
+    assert [len(r["annotations"]) for r in records] == [2, 1]
+    assert records[0]["annotations"][1]["bbox"] == [30.0, 25.0, 14.0, 10.0]  # XYWH
+
+    _, cfg = build_candidate_model(MASK_RCNN, SMALL, "cpu")
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 128
+    inputs = [DatasetMapper(cfg, is_train=True)(dict(r)) for r in records]
+    masks = inputs[0]["instances"].gt_masks.tensor
+    assert masks.shape[0] == 2 and masks.sum() > 0
+    torch.manual_seed(0)
+    model, _ = build_candidate_model(MASK_RCNN, SMALL, "cpu")
+    model.requires_grad_(True).train()
+    with EventStorage():
+        losses = model(inputs)
+    total = sum(losses.values())
+    assert {"loss_mask", "loss_cls", "loss_rpn_cls"} <= set(losses) and torch.isfinite(total)
+    total.backward()
+    assert model.roi_heads.mask_head.predictor.weight.grad.abs().sum() > 0

@@ -4,7 +4,9 @@ K key frames are sampled uniformly from the video and every detectron2 instance 
 model given (e.g. Mask R-CNN from detectron2's model zoo, built from its own config so that its
 COCO weights load unchanged) proposes masks on each of them; the candidates of all models are
 combined, as the paper combines HTC and CondInst. The models stay frozen here: they are trained
-on their own with detectron2 (COCO-format data, or the RVOS videos' per-frame object masks).
+on their own with detectron2's DefaultTrainer and their own config, on COCO-format data or on
+the videos' per-frame object masks, registered here as `<vos dataset>_frame_instances` (every
+object of every annotated frame, one class "object"; train with INPUT.MASK_FORMAT "bitmask").
 """
 
 from __future__ import annotations
@@ -13,20 +15,28 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rvos_d2.data.datasets.vos import load_id_map
+
 from detectron2.config import CfgNode, configurable, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
 
 __all__ = [
     "Candidates",
     "KeyFrameCandidates",
     "build_candidate_model",
+    "frame_instance_dicts",
     "key_frame_indices",
+    "register_frame_instances",
     "resolve_candidate_config",
 ]
 
@@ -193,3 +203,58 @@ class KeyFrameCandidates(nn.Module):
             frames=torch.cat(key_frames).to(device),
             sources=torch.cat(sources).to(device),
         )
+
+
+def frame_instance_dicts(videos: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """detectron2 instance segmentation dicts from VOS video dicts (rvos_d2.data.datasets.vos):
+    one per annotated frame, holding every object visible in it as class 0 with an RLE mask."""
+    from pycocotools import mask as mask_util
+
+    records = []
+    for video in videos:
+        for t, file_name in enumerate(video["file_names"]):
+            ids = load_id_map(video, t)
+            if ids is None:
+                continue
+            annotations = []
+            for obj_id in video["obj_ids"]:
+                mask = ids == int(obj_id)
+                if not mask.any():
+                    continue
+                rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+                annotations.append(
+                    {
+                        "bbox": mask_util.toBbox(rle).tolist(),
+                        "bbox_mode": BoxMode.XYWH_ABS,
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                        "category_id": 0,
+                        "iscrowd": 0,
+                    }
+                )
+            records.append(
+                {
+                    "file_name": file_name,
+                    "image_id": f"{video['video_id']}/{t}",
+                    "height": ids.shape[0],
+                    "width": ids.shape[1],
+                    "annotations": annotations,
+                }
+            )
+    return records
+
+
+FRAME_INSTANCES_SOURCES = ("rvos_synth_vos_train", "ytvos2019_vos_train", "davis17_vos_train")
+
+
+def register_frame_instances(vos_name: str) -> str:
+    """Registers `<vos_name>_frame_instances`: the frames of VOS dataset `vos_name` as an
+    instance segmentation dataset (see `frame_instance_dicts`); returns its name."""
+    name = f"{vos_name}_frame_instances"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: frame_instance_dicts(DatasetCatalog.get(vos_name)))
+        MetadataCatalog.get(name).set(thing_classes=["object"], evaluator_type="coco")
+    return name
+
+
+for _source in FRAME_INSTANCES_SOURCES:
+    register_frame_instances(_source)
