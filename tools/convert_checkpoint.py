@@ -20,6 +20,9 @@ Supported inputs (detected from the keys, or forced with --format):
   soc         the released SOC models (RobertLuo1/NeurIPS2023_SOC, "model_state_dict")
               -> rvos_d2 SOC (configs/SOC); every key is renamed
               (rvos_d2/modeling/converters/soc.py), an unknown key is an error.
+  referformer the released ReferFormer models (wjn922/ReferFormer, "model"; any backbone)
+              -> rvos_d2 ReferFormer (configs/ReferFormer); every key is renamed
+              (rvos_d2/modeling/converters/referformer.py), an unknown key is an error.
 
 Dropped on purpose: classifier heads (fc, head, cls_head), BatchNorm num_batches_tracked and the
 Swin buffers relative_position_index / attn_mask (rvos_d2 recomputes them). The classifiers'
@@ -27,7 +30,7 @@ final LayerNorm `norm` becomes `norm3` (the res5 output norm); norm0..norm2 of t
 stages do not exist in classification checkpoints and keep their initialisation.
 
 Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth
-       [--format auto|resnet|swin|video_swin|stcn|soc]
+       [--format auto|resnet|swin|video_swin|stcn|soc|referformer]
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rvos_d2.modeling.converters.referformer import convert_referformer, is_referformer_checkpoint
 from rvos_d2.modeling.converters.soc import convert_soc, is_soc_checkpoint
 from rvos_d2.modeling.propagation.convert import convert_stcn, is_stcn_state_dict
 
-FORMATS = ("resnet", "swin", "video_swin", "stcn", "soc")
+FORMATS = ("resnet", "swin", "video_swin", "stcn", "soc", "referformer")
 # where training frameworks nest the weights
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
 SWIN_BUFFERS = ("relative_position_index", "attn_mask")
@@ -57,7 +61,10 @@ class CheckpointFormatError(ValueError):
 def load_state_dict(path: str) -> dict[str, Tensor]:
     """Reads a checkpoint without running code from it and returns its flat weight dict."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # training scripts (ReferFormer's among them) store their argparse.Namespace beside
+        # the weights: allowed as plain data, nothing else is
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointFormatError(
             f"{path}: torch.load(weights_only=True) refused the file, which stores Python objects "
@@ -74,8 +81,9 @@ def load_state_dict(path: str) -> dict[str, Tensor]:
     if not weights:
         raise CheckpointFormatError(f"{path}: no tensors found; keys: {sorted(data)[:10]}")
     weights = _strip_prefix(weights, "module.")
-    # detection / video models: keep the backbone (a full SOC model is converted whole)
-    if not is_soc_checkpoint(weights) and any(k.startswith("backbone.") for k in weights):
+    # detection / video models: keep the backbone (full SOC / ReferFormer models are whole)
+    whole = is_soc_checkpoint(weights) or is_referformer_checkpoint(weights)
+    if not whole and any(k.startswith("backbone.") for k in weights):
         weights = {
             k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")
         }
@@ -94,6 +102,8 @@ def detect_format(weights: dict[str, Tensor]) -> str:
         return "stcn"
     if is_soc_checkpoint(weights):
         return "soc"
+    if is_referformer_checkpoint(weights):
+        return "referformer"
     if "stem.conv1.weight" in weights or "res2.0.conv1.weight" in weights:
         raise CheckpointFormatError("already a detectron2 ResNet checkpoint: nothing to convert")
     if "conv1.weight" in weights and "layer1.0.conv1.weight" in weights:
@@ -179,9 +189,10 @@ CONVERTERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
     "video_swin": convert_video_swin,
     "stcn": convert_stcn,
     "soc": convert_soc,
+    "referformer": convert_referformer,
 }
 # where the converted weights sit in the model; else backbone.
-PREFIXES = {"stcn": "network.", "soc": ""}
+PREFIXES = {"stcn": "network.", "soc": "", "referformer": ""}
 
 
 def convert(weights: dict[str, Tensor], fmt: str = "auto") -> tuple[dict[str, object], str]:

@@ -31,7 +31,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MINILM_NAME = "minilm"
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "pooler")
 
 
 @dataclass
@@ -99,7 +99,8 @@ class TextEncoder(nn.Module):
 
     Word features are the last hidden states of every token, special tokens included
     ([CLS]/[SEP] or <s>/</s>). The sentence feature is the mean of the valid tokens' states
-    (pooling "mean", the sentence-transformers convention) or the first token's state ("cls").
+    (pooling "mean", the sentence-transformers convention), the first token's state ("cls") or
+    the language model's pooled output ("pooler": tanh(dense(first token)), as ReferFormer).
     """
 
     @configurable
@@ -113,31 +114,37 @@ class TextEncoder(nn.Module):
         pooling: str = "mean",
         cache_size: int = 1024,
         dropout: float = 0.1,
+        shared_resizer: bool = False,
     ) -> None:
         """
         Args:
             name: "minilm" (bundled offline model), a transformers model name or a local path.
             out_dim: width of the returned features (the model's hidden size).
             freeze: keep the language model fixed (no gradients, always in eval mode).
-            max_tokens: expressions are truncated to this many tokens (special tokens included).
-            pooling: "mean" or "cls", how the sentence feature is pooled from the token states.
+            max_tokens: expressions are truncated to this many tokens (special tokens included);
+                0 keeps every token.
+            pooling: "mean", "cls" or "pooler", how the sentence feature is pooled.
             cache_size: expressions whose language-model outputs are kept (frozen model only).
             dropout: dropout after the resizers.
+            shared_resizer: the sentence feature goes through the words' resizer (ReferFormer)
+                instead of its own.
         """
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"MODEL.TEXT_ENCODER.POOLING={pooling!r}: expected one of {POOLINGS}")
-        if max_tokens < 2:
-            raise ValueError(f"MODEL.TEXT_ENCODER.MAX_TOKENS={max_tokens}: must be at least 2")
+        if max_tokens < 2 and max_tokens != 0:
+            raise ValueError(
+                f"MODEL.TEXT_ENCODER.MAX_TOKENS={max_tokens}: must be at least 2 (or 0: no limit)"
+            )
         self.language_model, self.tokenizer = _load_language_model(name)
         self.freeze = freeze
         self.max_tokens = max_tokens
         self.pooling = pooling
         self.cache_size = cache_size if freeze else 0
-        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
         lm_dim = self.language_model.config.hidden_size
         self.word_resizer = FeatureResizer(lm_dim, out_dim, dropout)
-        self.sentence_resizer = FeatureResizer(lm_dim, out_dim, dropout)
+        self.sentence_resizer = None if shared_resizer else FeatureResizer(lm_dim, out_dim, dropout)
         if freeze:
             self.language_model.requires_grad_(False)
             self.language_model.eval()
@@ -154,6 +161,7 @@ class TextEncoder(nn.Module):
             "max_tokens": tc.MAX_TOKENS,
             "pooling": tc.POOLING,
             "cache_size": tc.CACHE_SIZE,
+            "shared_resizer": tc.SHARED_RESIZER,
         }
 
     def train(self, mode: bool = True) -> TextEncoder:
@@ -175,37 +183,57 @@ class TextEncoder(nn.Module):
                     f"expression {expression!r} has no token known to the text encoder: its "
                     f"{len(ids)} tokens are all the unknown token {self.tokenizer.unk_token!r}"
                 )
-            if len(ids) + special > self.max_tokens:
+            if self.max_tokens and len(ids) + special > self.max_tokens:
                 logger.warning(
                     f"expression of {len(ids) + special} tokens truncated to its first "
                     f"{self.max_tokens} (MODEL.TEXT_ENCODER.MAX_TOKENS): {expression[:60]!r}..."
                 )
 
-    def _run_language_model(self, expressions: list[str], device: torch.device) -> list[Tensor]:
-        """Last hidden states of the valid tokens of each expression: list of n_i x lm_dim."""
+    def _run_language_model(
+        self, expressions: list[str], device: torch.device
+    ) -> list[tuple[Tensor, Tensor | None]]:
+        """Per expression: the last hidden states of its valid tokens (n_i x lm_dim) and, with
+        pooling "pooler", the language model's pooled output (lm_dim; else None)."""
         self._check_tokens(expressions)
         tokens = self.tokenizer(
             expressions,
             padding="longest",
-            truncation=True,
-            max_length=self.max_tokens,
+            truncation=bool(self.max_tokens),
+            max_length=self.max_tokens or None,
             return_tensors="pt",
         ).to(device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            hidden = self.language_model(**tokens).last_hidden_state
+            output = self.language_model(**tokens)
+        hidden = output.last_hidden_state
+        pooled = output.pooler_output if self.pooling == "pooler" else None
+        if self.pooling == "pooler" and pooled is None:
+            raise ValueError(
+                "MODEL.TEXT_ENCODER.POOLING='pooler': the language model has no pooled output"
+            )
         lengths = tokens["attention_mask"].sum(dim=1).tolist()
-        return [hidden[i, :n] for i, n in enumerate(lengths)]
+        return [
+            (hidden[i, :n], None if pooled is None else pooled[i]) for i, n in enumerate(lengths)
+        ]
 
-    def _encode_cached(self, expressions: list[str], device: torch.device) -> list[Tensor]:
+    def _encode_cached(
+        self, expressions: list[str], device: torch.device
+    ) -> list[tuple[Tensor, Tensor | None]]:
         """Like `_run_language_model`, answering repeated expressions from a bounded LRU cache."""
         missing = list(dict.fromkeys(e for e in expressions if e not in self._cache))
         if missing:
-            for expression, states in zip(missing, self._run_language_model(missing, device)):
-                self._cache[expression] = states.detach()
+            for expression, (states, pooled) in zip(
+                missing, self._run_language_model(missing, device)
+            ):
+                self._cache[expression] = (
+                    states.detach(),
+                    None if pooled is None else pooled.detach(),
+                )
         states = []
         for expression in expressions:
             self._cache.move_to_end(expression)
-            states.append(self._cache[expression].to(device))
+            states.append(
+                tuple(None if t is None else t.to(device) for t in self._cache[expression])
+            )
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return states
@@ -220,21 +248,25 @@ class TextEncoder(nn.Module):
                 )
         device = torch.device(device)
         if self.cache_size > 0:
-            states = self._encode_cached(expressions, device)
+            encoded = self._encode_cached(expressions, device)
         else:
-            states = self._run_language_model(expressions, device)
+            encoded = self._run_language_model(expressions, device)
+        states = [s for s, _ in encoded]
         lengths = torch.tensor([s.shape[0] for s in states], device=device)
         padded = nn.utils.rnn.pad_sequence(states, batch_first=True)  # B x L x lm_dim
         word_mask = torch.arange(padded.shape[1], device=device)[None] >= lengths[:, None]
         if self.pooling == "mean":
             valid = (~word_mask).unsqueeze(-1).to(padded.dtype)
             pooled = (padded * valid).sum(dim=1) / lengths[:, None].to(padded.dtype)
+        elif self.pooling == "pooler":
+            pooled = torch.stack([p for _, p in encoded])
         else:
             pooled = padded[:, 0]
+        sentence_resizer = self.sentence_resizer or self.word_resizer
         return TextFeatures(
             word_feats=self.word_resizer(padded),
             word_mask=word_mask,
-            sentence_feat=self.sentence_resizer(pooled),
+            sentence_feat=sentence_resizer(pooled),
         )
 
 
@@ -268,7 +300,10 @@ def add_text_encoder_config(cfg: CfgNode) -> None:
     # "minilm" = the offline all-MiniLM-L6-v2 package; otherwise a transformers name or local path
     cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
     cfg.MODEL.TEXT_ENCODER.FREEZE = True  # keep the language model's weights fixed
-    cfg.MODEL.TEXT_ENCODER.MAX_TOKENS = 32  # expressions are truncated to this many tokens
-    # sentence feature: "mean" of the valid tokens' states or the first ("cls") token's state
+    cfg.MODEL.TEXT_ENCODER.MAX_TOKENS = 32  # expressions are truncated to this many tokens; 0: none
+    # sentence feature: "mean" of the valid tokens' states, the first ("cls") token's state or
+    # the language model's pooled output ("pooler")
     cfg.MODEL.TEXT_ENCODER.POOLING = "mean"
     cfg.MODEL.TEXT_ENCODER.CACHE_SIZE = 1024  # frozen model: expressions whose outputs are cached
+    # the sentence feature goes through the words' resizer instead of a resizer of its own
+    cfg.MODEL.TEXT_ENCODER.SHARED_RESIZER = False

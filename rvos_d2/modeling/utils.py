@@ -22,7 +22,11 @@ def resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
 
 def masks_to_original(logits: torch.Tensor, padded_size, image_size, original_size) -> torch.Tensor:
     """T x h x w low-resolution logits of padded frames -> T x H x W probabilities at the
-    original size: upsampled to the padded input, cropped to the image, resized, sigmoid."""
+    original size: upsampled to the padded input, cropped to the image, resized, sigmoid.
+    Unpadded frames are resized once, straight to the original size (as ReferFormer does)."""
+    if tuple(padded_size) == tuple(image_size):
+        up = F.interpolate(logits[:, None], size=tuple(original_size), mode="bilinear")
+        return up[:, 0].sigmoid()
     up = F.interpolate(logits[:, None], size=tuple(padded_size), mode="bilinear")
     up = up[..., : image_size[0], : image_size[1]]
     return F.interpolate(up, size=tuple(original_size), mode="bilinear")[:, 0].sigmoid()

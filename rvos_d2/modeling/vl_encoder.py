@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from rvos_d2.modeling.heads.input_projection import MultiScaleProjection
+from rvos_d2.modeling.heads.vision_language_fpn import sine_text_position
 from rvos_d2.modeling.heads.vl_fusion import TextCrossAttention
 from rvos_d2.modeling.registry import VL_ENCODER_REGISTRY
 from rvos_d2.modeling.transformer import DeformableTransformerEncoder, PositionEmbeddingSine
@@ -43,7 +44,8 @@ class DeformableVLEncoder(nn.Module):
     vision-language fusion, sine position encoding and the deformable encoder.
 
     Early fusion: each projected map is multiplied element-wise by the word features that each
-    of its positions attends to (cross-attention from pixels to the expression's words).
+    of its positions attends to (cross-attention from pixels to the expression's words; with
+    `text_position` the keys carry the words' 1-D sine positions, as in the published model).
     """
 
     @configurable
@@ -54,12 +56,14 @@ class DeformableVLEncoder(nn.Module):
         in_channels: list[int],
         encoder: DeformableTransformerEncoder,
         num_heads: int,
+        text_position: bool = False,
     ):
         super().__init__()
         hidden = encoder.d_model
         self.in_features = in_features
         self.input_proj = MultiScaleProjection(in_channels, hidden, encoder.n_levels)
         self.early_fusion = TextCrossAttention(hidden, num_heads)
+        self.text_position = text_position
         self.position = PositionEmbeddingSine(hidden // 2, normalize=True)
         self.encoder = encoder
 
@@ -72,6 +76,7 @@ class DeformableVLEncoder(nn.Module):
             "in_channels": [input_shape[n].channels for n in names],
             "encoder": DeformableTransformerEncoder(cfg),
             "num_heads": cfg.MODEL.DEFORMABLE_TRANSFORMER.NHEADS,
+            "text_position": cfg.MODEL.VL_ENCODER.TEXT_POSITION,
         }
 
     def forward(
@@ -84,12 +89,17 @@ class DeformableVLEncoder(nn.Module):
         srcs = self.input_proj([features[n] for n in self.in_features])
         masks = [resize_mask(padding, s.shape[-2:]) for s in srcs]
         pos = [self.position(s, m) for s, m in zip(srcs, masks)]
-        srcs = [self._fuse_early(s, words, word_mask) for s in srcs]
+        word_pos = None
+        if self.text_position:
+            word_pos = sine_text_position(word_mask, words.shape[-1]).to(words.dtype)
+        srcs = [self._fuse_early(s, words, word_mask, word_pos) for s in srcs]
         return {**self.encoder(srcs, masks, pos), "pos": pos, "masks": masks}
 
-    def _fuse_early(self, src: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+    def _fuse_early(
+        self, src: Tensor, words: Tensor, word_mask: Tensor, word_pos: Tensor | None
+    ) -> Tensor:
         flat = src.flatten(2).transpose(1, 2)
-        fused = flat * self.early_fusion(flat, words, word_mask)
+        fused = flat * self.early_fusion(flat, words, word_mask, word_pos=word_pos)
         return fused.transpose(1, 2).reshape(src.shape)
 
 
@@ -110,3 +120,5 @@ def add_vl_encoder_config(cfg: CfgNode) -> None:
     # backbone maps fed to the encoder, fine to coarse; extra stride-2 levels are added on top up
     # to MODEL.DEFORMABLE_TRANSFORMER.NUM_FEATURE_LEVELS
     cfg.MODEL.VL_ENCODER.IN_FEATURES = ["res3", "res4", "res5"]
+    # early-fusion keys carry the words' 1-D sine positions (the published model)
+    cfg.MODEL.VL_ENCODER.TEXT_POSITION = False

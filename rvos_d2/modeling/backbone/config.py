@@ -26,6 +26,15 @@ def add_backbone_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4..32
     cfg.MODEL.SWIN.USE_CHECKPOINT = False  # activation checkpointing per block (saves memory)
+    # Window choices (swin_layers.WindowOptions) and output norms; the released ReferFormer
+    # models need CLIP_WINDOW / MASK_PADDING False (see configs/ReferFormer/Base-ReferFormer.yaml)
+    # a window larger than the map shrinks to it, unshifted; False pads the map to the window
+    cfg.MODEL.SWIN.CLIP_WINDOW = True
+    cfg.MODEL.SWIN.MASK_PADDING = True  # padding tokens never serve as keys; False: they do
+    # a clipped window of N tokens reads the bias table through the first N x N entries of the
+    # full window's index instead of its own offsets
+    cfg.MODEL.SWIN.TRUNCATED_BIAS_INDEX = False
+    cfg.MODEL.SWIN.OUT_NORM = True  # LayerNorm on every returned stage (norm0..norm3)
 
     cfg.MODEL.VIDEO_SWIN = CfgNode()  # build_video_swin_backbone: clips in, per-frame maps out
     cfg.MODEL.VIDEO_SWIN.EMBED_DIM = 96  # width C of res2 (T/S 96, B 128); doubled per stage
@@ -38,3 +47,10 @@ def add_backbone_config(cfg: CfgNode) -> None:
     cfg.MODEL.VIDEO_SWIN.PATCH_NORM = True  # LayerNorm after the patch embedding
     cfg.MODEL.VIDEO_SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4..32
     cfg.MODEL.VIDEO_SWIN.USE_CHECKPOINT = False  # activation checkpointing per block
+    # as for MODEL.SWIN; the Video Swin of the released ReferFormer models has MASK_PADDING
+    # False, TRUNCATED_BIAS_INDEX True and OUT_NORM False
+    cfg.MODEL.VIDEO_SWIN.CLIP_WINDOW = True  # a window larger than the map shrinks to it
+    cfg.MODEL.VIDEO_SWIN.MASK_PADDING = True  # padding tokens never serve as keys; False: they do
+    # a clipped window reads the bias table through the full window's truncated index
+    cfg.MODEL.VIDEO_SWIN.TRUNCATED_BIAS_INDEX = False
+    cfg.MODEL.VIDEO_SWIN.OUT_NORM = True  # LayerNorm on every returned stage (norm0..norm3)

@@ -437,4 +437,10 @@ def swin_kwargs(node: CfgNode) -> dict:
         "patch_norm": node.PATCH_NORM,
         "out_features": list(node.OUT_FEATURES),
         "use_checkpoint": node.USE_CHECKPOINT,
+        "window_options": WindowOptions(
+            clip_window=node.CLIP_WINDOW,
+            mask_padding=node.MASK_PADDING,
+            truncated_bias=node.TRUNCATED_BIAS_INDEX,
+        ),
+        "out_norm": node.OUT_NORM,
     }

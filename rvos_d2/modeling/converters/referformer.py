@@ -36,32 +36,31 @@ TRANSFORMER_BACKBONE_LEVELS = 3  # input_proj 0..2 project backbone maps, later 
 
 # Official name -> rvos_d2 name, for everything but the backbone (first full match wins).
 HEAD_RULES: list[tuple[str, str]] = [
-    (r"transformer\.level_embed", r"encoder.level_embed"),
-    (r"transformer\.encoder\.layers\.(.+)", r"encoder.layers.\1"),
-    (r"transformer\.decoder\.layers\.(.+)", r"decoder.layers.\1"),
-    (r"transformer\.reference_points\.(weight|bias)", r"reference_points.\1"),
-    (r"class_embed\.(\d+)\.(weight|bias)", r"class_embed.\1.\2"),
-    (r"bbox_embed\.(\d+)\.layers\.(\d+)\.(weight|bias)", r"decoder.bbox_embed.\1.layers.\2.\3"),
-    (r"query_embed\.weight", r"query_embed.weight"),
+    (r"transformer\.level_embed", r"vl_encoder.encoder.level_embed"),
+    (r"transformer\.encoder\.layers\.(.+)", r"vl_encoder.encoder.layers.\1"),
+    (r"fusion_module\.multihead_attn\.(.+)", r"vl_encoder.early_fusion.attn.\1"),
+    (r"transformer\.decoder\.layers\.(.+)", r"query_decoder.decoder.layers.\1"),
+    (r"transformer\.reference_points\.(weight|bias)", r"query_decoder.reference_points.\1"),
+    (r"query_embed\.weight", r"query_decoder.query_embed.weight"),
+    (r"class_embed\.(\d+)\.(weight|bias)", r"query_decoder.class_embed.\1.\2"),
+    (
+        r"bbox_embed\.(\d+)\.layers\.(\d+)\.(weight|bias)",
+        r"query_decoder.decoder.bbox_embed.\1.layers.\2.\3",
+    ),
     (r"resizer\.fc\.(weight|bias)", r"text_encoder.word_resizer.fc.\1"),
     (r"resizer\.layer_norm\.(weight|bias)", r"text_encoder.word_resizer.norm.\1"),
-    (r"fusion_module\.multihead_attn\.(.+)", r"early_fusion.attn.\1"),
-    (r"controller\.layers\.(\d+)\.(weight|bias)", r"mask_head.controller.layers.\1.\2"),
-    (r"pixel_decoder\.mask_features\.(weight|bias)", r"fpn.mask_proj.\1"),
+    (r"controller\.layers\.(\d+)\.(weight|bias)", r"mask_branch.head.controller.layers.\1.\2"),
+    (r"pixel_decoder\.mask_features\.(weight|bias)", r"mask_branch.fpn.mask_proj.\1"),
 ]
-INPUT_PROJ = "input_proj"  # official input_proj.<level>.<0 conv | 1 GroupNorm>.*
-INPUT_PROJ_LATERAL = "input_proj.lateral"  # rvos_d2: levels fed by the backbone
-INPUT_PROJ_EXTRA = "input_proj.extra"  # rvos_d2: strided extra levels
-FPN = "fpn"  # official pixel_decoder.{adapter,layer,cross_attn}_<k>, k = 1..4 fine to coarse
+INPUT_PROJ_LATERAL = "vl_encoder.input_proj.lateral"  # levels fed by the backbone
+INPUT_PROJ_EXTRA = "vl_encoder.input_proj.extra"  # strided extra levels
+FPN = "mask_branch.fpn"  # official pixel_decoder.{adapter,layer,cross_attn}_<k>, k = 1..4
 FPN_PARTS = {"adapter": "lateral", "layer": "output", "cross_attn": "blocks"}
 TEXT_MODEL_TARGET = "text_encoder.language_model."
 
 
-class UnmappedKeyError(KeyError):
+class UnmappedKeyError(ValueError):
     """An official checkpoint key that the converter does not know."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def rule_tensor(key: str, shape: Iterable[int], seed: int) -> Tensor:
@@ -93,9 +92,8 @@ def rule_state_dict(rows: Iterable[tuple[str, list[int]]], seed: int) -> dict[st
 
 def is_referformer_checkpoint(weights: dict[str, Tensor]) -> bool:
     """Whether a state dict has the official ReferFormer layout."""
-    return any(k.startswith("transformer.") for k in weights) and any(
-        k.startswith(BACKBONE) for k in weights
-    )
+    markers = ("pixel_decoder.mask_features.weight", "controller.layers.0.weight")
+    return all(k in weights for k in markers) and any(k.startswith(BACKBONE) for k in weights)
 
 
 def convert_referformer(weights: dict[str, Tensor]) -> dict[str, Tensor]:

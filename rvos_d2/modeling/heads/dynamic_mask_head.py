@@ -12,23 +12,34 @@ NUM_DYNAMIC_LAYERS = 3  # 1x1 dynamic convolutions per query (the paper's three 
 
 
 def relative_coordinates(
-    centres: torch.Tensor, feature_size: tuple[int, int], stride: int, image_sizes: torch.Tensor
+    centres: torch.Tensor,
+    feature_size: tuple[int, int],
+    stride: int,
+    image_sizes: torch.Tensor,
+    pixels: bool = False,
 ) -> torch.Tensor:
     """Offsets from each query's box centre to every feature-map position, in image units.
 
     centres: F x N x 2 (cx, cy) normalised by the (unpadded) image size; image_sizes: F x 2
     (h, w) in pixels. A position (i, j) sits at pixel ((j + 0.5) * stride, (i + 0.5) * stride).
-    Returns F x N x 2 x h x w with (x - cx, y - cy), both normalised by the image size.
+    Returns F x N x 2 x h x w with (x - cx, y - cy), both normalised by the image size, or with
+    `pixels` (the published model) (cx - x, cy - y) in input pixels.
     """
     h, w = feature_size
     device, dtype = centres.device, centres.dtype
     xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * stride
     ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * stride
     sizes = image_sizes.to(dtype)
-    xs = xs[None, :] / sizes[:, 1:2]  # F x w
-    ys = ys[None, :] / sizes[:, 0:1]  # F x h
-    dx = xs[:, None, None, :] - centres[..., 0, None, None]  # F x N x 1 x w
-    dy = ys[:, None, :, None] - centres[..., 1, None, None]  # F x N x h x 1
+    if pixels:
+        cx = centres[..., 0] * sizes[:, 1:2]  # F x N
+        cy = centres[..., 1] * sizes[:, 0:1]
+        dx = cx[..., None, None] - xs[None, None, None, :]  # F x N x 1 x w
+        dy = cy[..., None, None] - ys[None, None, :, None]  # F x N x h x 1
+    else:
+        xs = xs[None, :] / sizes[:, 1:2]  # F x w
+        ys = ys[None, :] / sizes[:, 0:1]  # F x h
+        dx = xs[:, None, None, :] - centres[..., 0, None, None]  # F x N x 1 x w
+        dy = ys[:, None, :, None] - centres[..., 1, None, None]  # F x N x h x 1
     return torch.stack([dx.expand(-1, -1, h, w), dy.expand(-1, -1, h, w)], dim=2)
 
 
@@ -38,11 +49,15 @@ class DynamicMaskHead(nn.Module):
     A 3-layer MLP (the controller) emits the weights and biases of NUM_DYNAMIC_LAYERS 1x1
     convolutions (`in_channels + 2 -> channels -> channels -> 1`, ReLU between, nothing after
     the last). Their input is the shared mask features concatenated with the relative
-    coordinates of each position to the query's predicted box centre.
+    coordinates of each position to the query's predicted box centre (normalised, or in input
+    pixels with `pixel_coordinates`, see `relative_coordinates`).
     """
 
-    def __init__(self, query_dim: int, in_channels: int, channels: int):
+    def __init__(
+        self, query_dim: int, in_channels: int, channels: int, pixel_coordinates: bool = False
+    ):
         super().__init__()
+        self.pixel_coordinates = pixel_coordinates
         dims = [in_channels + 2] + [channels] * (NUM_DYNAMIC_LAYERS - 1) + [1]
         self.layer_shapes = list(zip(dims[1:], dims[:-1]))  # (out, in) per layer
         num_params = sum(o * i + o for o, i in self.layer_shapes)
@@ -63,7 +78,9 @@ class DynamicMaskHead(nn.Module):
         at `stride`, image_sizes F x 2 (h, w) -> mask logits F x N x h x w."""
         f, n = queries.shape[:2]
         h, w = mask_features.shape[-2:]
-        coords = relative_coordinates(centres, (h, w), stride, image_sizes)
+        coords = relative_coordinates(
+            centres, (h, w), stride, image_sizes, pixels=self.pixel_coordinates
+        )
         feats = mask_features[:, None].expand(-1, n, -1, -1, -1)
         x = torch.cat([feats, coords.to(feats.dtype)], dim=2).flatten(3)  # F x N x Cin x hw
         params = self.controller(queries)

@@ -43,10 +43,16 @@ class VisionLanguageBlock(nn.Module):
     """Post-norm block on the tokens of one clip: self-attention among all T x h x w positions
     (queries, keys and values shrunk by `reduction` with nearest sampling, the result
     upsampled back bilinearly), cross-attention to the words, feed-forward; a residual and a
-    LayerNorm after each."""
+    LayerNorm after each. Words may be narrower or wider (`text_dim`) than the visual tokens."""
 
     def __init__(
-        self, dim: int, num_heads: int, dim_feedforward: int, dropout: float, reduction: int
+        self,
+        dim: int,
+        num_heads: int,
+        dim_feedforward: int,
+        dropout: float,
+        reduction: int,
+        text_dim: int | None = None,
     ):
         super().__init__()
         if reduction < 1:
@@ -54,7 +60,7 @@ class VisionLanguageBlock(nn.Module):
         self.reduction = reduction
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.multihead_attn = nn.MultiheadAttention(
-            dim, num_heads, dropout=dropout, batch_first=True
+            dim, num_heads, dropout=dropout, kdim=text_dim, vdim=text_dim, batch_first=True
         )
         self.linear1 = nn.Linear(dim, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, dim)
@@ -80,7 +86,7 @@ class VisionLanguageBlock(nn.Module):
         num_frames: int,
     ) -> Tensor:
         """x, pos: (B*T) x C x h x w; mask (B*T) x h x w (True = padding); words, text_pos:
-        B x L x C; word_mask B x L (True = padding) -> (B*T) x C x h x w."""
+        B x L x Ct; word_mask B x L (True = padding) -> (B*T) x C x h x w."""
         f, c, h, w = x.shape
         tokens = _clip_tokens(x, num_frames)
         attended = self._attend_clip(x, pos, mask, num_frames)
@@ -149,6 +155,7 @@ class VisionLanguageFPN(nn.Module):
         dropout: float,
         reductions: list[int],
         norm_groups: int,
+        text_dim: int | None = None,
     ):
         super().__init__()
         if len(reductions) != len(in_channels):
@@ -173,7 +180,7 @@ class VisionLanguageFPN(nn.Module):
             for _ in in_channels
         )
         self.blocks = nn.ModuleList(
-            VisionLanguageBlock(conv_dim, num_heads, dim_feedforward, dropout, r)
+            VisionLanguageBlock(conv_dim, num_heads, dim_feedforward, dropout, r, text_dim)
             for r in reductions
         )
         self.mask_proj = Conv2d(conv_dim, mask_dim, 3, padding=1)
@@ -189,7 +196,7 @@ class VisionLanguageFPN(nn.Module):
         num_frames: int,
     ) -> Tensor:
         """features / masks: fine-to-coarse (B*T) x Ci x hi x wi maps and their padding masks
-        (True = padding); words B x L x C with word_mask B x L -> (B*T) x mask_dim x h0 x w0."""
+        (True = padding); words B x L x Ct with word_mask B x L -> (B*T) x mask_dim x h0 x w0."""
         if len(features) != len(self.lateral):
             raise ValueError(
                 f"VisionLanguageFPN expects {len(self.lateral)} levels, got {len(features)}"

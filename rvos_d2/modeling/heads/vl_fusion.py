@@ -27,7 +27,10 @@ class TextCrossAttention(nn.Module):
         words: torch.Tensor,
         word_mask: torch.Tensor,
         visual_pos: torch.Tensor | None = None,
+        word_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """visual F x P x C, words F x L x Ct, word_mask F x L (True = padding) -> F x P x C."""
+        """visual F x P x C, words F x L x Ct, word_mask F x L (True = padding) -> F x P x C;
+        the positions, where given, are added to the queries / to the keys (not the values)."""
         query = visual if visual_pos is None else visual + visual_pos
-        return self.attn(query, words, words, key_padding_mask=word_mask, need_weights=False)[0]
+        key = words if word_pos is None else words + word_pos
+        return self.attn(query, key, words, key_padding_mask=word_mask, need_weights=False)[0]

@@ -136,6 +136,7 @@ class ReferFormer(RVOSMetaArch):
             enc["masks"],
             words,
             word_mask,
+            num_frames,
         )
         hs, boxes = dec["hs"], dec["boxes"]
         layers = range(len(hs)) if all_layers else [len(hs) - 1]
