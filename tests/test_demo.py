@@ -13,6 +13,7 @@ from torch import nn
 
 from rvos_d2.config import load_config
 from rvos_d2.engine.attribute_pretraining import backbone_checkpoint
+from rvos_d2.utils.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "Synthetic" / "ReferFormer-tiny.yaml"
@@ -91,16 +92,18 @@ def test_demo_reads_a_video_file(demo, frame_folder, tmp_path):
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == len(frames)
 
 
-def test_demo_refuses_bad_input(demo, frame_folder, tmp_path, caplog):
-    assert _run_demo(demo, tmp_path / "missing.mp4", "the dog", tmp_path / "a") == 2
-    assert "video not found" in caplog.text
+def test_demo_refuses_bad_input(demo, frame_folder, tmp_path, caplog, capsys):
+    with pytest.raises(SystemExit, match="2"):  # one line on stderr, as for every user error
+        run_cli(lambda argv: _run_demo(demo, tmp_path / "missing.mp4", "the dog", tmp_path / "a"))
+    assert "video not found" in capsys.readouterr().err
     assert _run_demo(demo, frame_folder, "   ", tmp_path / "b") == 2
     assert "--text is empty" in caplog.text
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "00000.jpg").write_bytes(b"not an image")
-    assert _run_demo(demo, broken, "the dog", tmp_path / "c") == 2
-    assert "unreadable frame" in caplog.text
+    with pytest.raises(SystemExit, match="2"):
+        run_cli(lambda argv: _run_demo(demo, broken, "the dog", tmp_path / "c"))
+    assert f"{broken / '00000.jpg'} is not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
