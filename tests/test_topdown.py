@@ -146,6 +146,21 @@ def test_pipeline_on_a_tiny_video(tiny_model):
     assert ((0 <= out["scores"]) & (out["scores"] <= 1)).all()
 
 
+def test_tracklets_are_reused_for_the_expressions_of_one_video(tiny_model, monkeypatch):
+    calls = []
+    tracklets = tiny_model.tracklets
+    monkeypatch.setattr(
+        tiny_model, "tracklets", lambda frames: calls.append(1) or tracklets(frames)
+    )
+    clip = make_clip(3, 48, 64)
+    clip["video_id"] = "v"
+    other = {**clip, "expression": "the other one"}
+    tiny_model.eval()([clip, other])
+    assert len(calls) == 1
+    tiny_model([{**clip, "video_id": "w"}])
+    assert len(calls) == 2
+
+
 def test_training_step_trains_the_grounding_model_only(tiny_model):
     torch.manual_seed(0)
     tiny_model.train()

@@ -167,6 +167,8 @@ class TopDownRVOS(nn.Module):
         self.nms_threshold, self.nms_downsample = nms_threshold, nms_downsample
         self.max_tracklets, self.min_target_iou = max_tracklets, min_target_iou
         self.append_gt = append_gt
+        # inference inputs come one per (video, expression): the last video's tracklets are kept
+        self._cached: tuple[tuple, Tracklets] | None = None
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
@@ -195,6 +197,7 @@ class TopDownRVOS(nn.Module):
     def train(self, mode: bool = True) -> TopDownRVOS:
         """Only the grounding model trains; the tracklet stage and the ensemble stay in eval."""
         super().train(mode)
+        self._cached = None  # weights may change before the next inference
         self.candidates.train(mode)
         self.propagation_network.eval()
         self.ensemble.eval()
@@ -223,6 +226,17 @@ class TopDownRVOS(nn.Module):
             tracklets, self.nms_threshold, self.max_tracklets, downsample=self.nms_downsample
         )
         return tracklets[keep]
+
+    def _video_tracklets(self, video: dict[str, Any]) -> Tracklets:
+        """`tracklets` of an inference input, reused for the next input of the same frames (the
+        video's other expressions)."""
+        frames = video["image"]
+        if video.get("video_id") is None:
+            return self.tracklets(frames)
+        key = (video["video_id"], tuple(video.get("frame_ids", ())), tuple(frames.shape))
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.tracklets(frames))
+        return self._cached[1]
 
     def forward(self, batched_inputs: list[dict[str, Any]]):
         """Training: {"loss_grounding"}. Inference: one output dict per input video."""
@@ -267,7 +281,7 @@ class TopDownRVOS(nn.Module):
         probabilities (the ensemble's mean where there is one)."""
         frames = video["image"]
         height, width = video["height"], video["width"]
-        tracklets = self.tracklets(frames)
+        tracklets = self._video_tracklets(video)
         if len(tracklets) == 0:
             return {
                 "pred_masks": torch.zeros(len(frames), height, width, device=self.device),
