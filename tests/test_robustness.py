@@ -358,6 +358,17 @@ def test_train_net_reports_user_errors_on_one_line(train_net, synth_root, tmp_pa
     assert "closest valid: synth_test_valid" in line and "coco" not in line
 
 
+def test_convert_checkpoint_reports_missing_and_truncated_input(tmp_path, capsys):
+    tool = _load_tool("convert_checkpoint")
+    source, output = tmp_path / "resnet.pth", tmp_path / "out.pth"
+    assert f"checkpoint not found: {source}" in _cli_error(capsys, tool.main, [source, output])
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, source)
+    _truncate(source, 0.5)
+    line = _cli_error(capsys, tool.main, [source, output])
+    assert str(source) in line and "truncated" in line
+    assert not output.exists()
+
+
 def test_truncated_weights_loaded_directly_name_the_file(tmp_path):
     weights = tmp_path / "model.pth"
     torch.save({"model": nn.Linear(30, 30).state_dict()}, weights)

@@ -44,9 +44,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rvos_d2.engine.checkpoint import atomic_write, check_checkpoint_file
 from rvos_d2.modeling.converters.referformer import convert_referformer, is_referformer_checkpoint
 from rvos_d2.modeling.converters.soc import convert_soc, is_soc_checkpoint
 from rvos_d2.modeling.propagation.convert import convert_stcn, is_stcn_state_dict
+from rvos_d2.utils.cli import exit_with_error, run_cli
 
 FORMATS = ("resnet", "swin", "video_swin", "stcn", "soc", "referformer")
 # where training frameworks nest the weights
@@ -60,6 +62,7 @@ class CheckpointFormatError(ValueError):
 
 def load_state_dict(path: str) -> dict[str, Tensor]:
     """Reads a checkpoint without running code from it and returns its flat weight dict."""
+    check_checkpoint_file(path)  # missing, empty or truncated: an error naming the file
     try:
         # training scripts (ReferFormer's among them) store their argparse.Namespace beside
         # the weights: allowed as plain data, nothing else is
@@ -223,10 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         checkpoint, fmt = convert(load_state_dict(args.input), args.format)
     except ValueError as e:  # CheckpointFormatError, or a converter naming an unknown key
-        sys.exit(f"{args.input}: {e}")
-    torch.save(checkpoint, args.output)
+        exit_with_error(f"{args.input}: {e}")
+    with atomic_write(args.output) as f:
+        torch.save(checkpoint, f)
     print(f"{args.input} ({fmt}) -> {args.output}: {len(checkpoint['model'])} tensors")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
