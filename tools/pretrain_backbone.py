@@ -31,6 +31,7 @@ from rvos_d2.engine.attribute_pretraining import (
     load_attribute_videos,
     pretrain_backbone,
 )
+from rvos_d2.engine.checkpoint import atomic_write
 
 from detectron2.modeling import build_backbone
 
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "seed": args.seed,
     }
-    torch.save(backbone_checkpoint(backbone, settings), args.output)
+    with atomic_write(args.output) as f:  # an interrupted run leaves no partial MODEL.WEIGHTS
+        torch.save(backbone_checkpoint(backbone, settings), f)
     summary = {
         "output": str(args.output),
         "seconds": round(time.perf_counter() - start, 1),
