@@ -2,6 +2,7 @@
 (../shared/fixtures/soc_official): each stored intermediate is compared on its own, so that
 the first divergence is visible."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from rvos_d2.config import load_config
 from rvos_d2.modeling.converters.soc import convert_soc, soc_rule_state_dict
 from rvos_d2.modeling.soc import (
     MultiModalFusion,
@@ -17,7 +19,10 @@ from rvos_d2.modeling.soc import (
     guidance_embedding,
 )
 
+from detectron2.modeling import build_model
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "soc_official"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CASE = "video_swin_t"
 SEED = 5000
 C, HEADS, Q = 256, 8, 20
@@ -131,3 +136,137 @@ def test_spatial_decoder_matches_mask_features(ref, weights):
     with torch.no_grad():
         out = decoder(maps[2], [maps[1], maps[0], ref["backbone_l0_f0"]])
     _close(out, ref["mask_features"][:1], "mask_features (frame 0)")
+
+
+# The whole model: the official checkpoint converted by tools/convert_checkpoint.py, loaded
+# strictly, run as inference runs; each stored tensor compared on its own.
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+SENTENCE = "a black cat jumping onto the sofa"
+
+
+def _convert_tool():
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint", TOOLS / "convert_checkpoint.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fixture_cfg():
+    """configs/SOC/ref_ytvos/VideoSwin-T.yaml with the fixture's substitutions: MiniLM for
+    RoBERTa, no stochastic depth (eval), no pretrained weights."""
+    cfg = load_config(CONFIGS / "SOC" / "ref_ytvos" / "VideoSwin-T.yaml")
+    cfg.MODEL.TEXT_ENCODER.NAME = "minilm"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(ref, tmp_path_factory):
+    """The rvos_d2 SOC on the fixture video, the official checkpoint converted by the tool and
+    loaded strictly; returns the outputs, the post-processed result and hooked intermediates."""
+    torch.manual_seed(0)
+    model = build_model(_fixture_cfg()).eval()
+    rows = json.loads((FIXTURES / f"{CASE}_keys.json").read_text())["state_dict"]
+    official = soc_rule_state_dict(rows, SEED)
+    language_model = model.text_encoder.language_model.state_dict()
+    official.update({f"text_encoder.{k}": v for k, v in language_model.items()})
+    tmp = tmp_path_factory.mktemp("soc_ckpt")
+    torch.save({"model_state_dict": official}, tmp / "official.pth")
+    _convert_tool().main([str(tmp / "official.pth"), str(tmp / "soc.pth")])
+    converted = torch.load(tmp / "soc.pth", weights_only=True)["model"]
+    model.load_state_dict(converted, strict=True)
+
+    seen: dict = {}
+
+    def keep(name):
+        return lambda module, args, out: seen.__setitem__(name, out)
+
+    model.backbone.register_forward_hook(keep("backbone"))
+    model.vl_encoder.input_proj.register_forward_hook(keep("input_proj"))
+    model.vl_encoder.encoder.register_forward_pre_hook(
+        lambda module, args: seen.__setitem__("srcs", args[0])
+    )
+    model.vl_encoder.encoder.register_forward_hook(keep("encoder"))
+    model.vl_encoder.fusion.vision_to_language.register_forward_hook(keep("fused_lang"))
+    model.query_decoder.register_forward_hook(keep("decoder"))
+    model.object_cluster.register_forward_hook(keep("voc"))
+    model.mask_branch.decoder.register_forward_hook(keep("mask_features"))
+    model.mask_branch.head.controller.register_forward_hook(keep("controller"))
+
+    frames = ref["frames"].permute(0, 3, 1, 2).contiguous()
+    t, _, h, w = frames.shape
+    video = {"image": frames, "expression": SENTENCE, "height": h, "width": w}
+    with torch.no_grad():
+        text = model.text_encoder([SENTENCE], model.device)
+        raw = model.predict(model.preprocess([frames]), text, t, all_layers=False)
+        seen["text"] = text
+        result = model([video])[0]
+    return {"raw": raw, "result": result, "seen": seen}
+
+
+def test_text_features(ref, run):
+    text = run["seen"]["text"]
+    _close(text.word_feats, ref["text_word_proj"].transpose(0, 1), "text_word_proj")
+    _close(text.sentence_feat, ref["text_sentence_proj"], "text_sentence_proj")
+
+
+@pytest.mark.parametrize("level", range(4))
+def test_backbone(ref, run, level):
+    out = run["seen"]["backbone"][f"res{level + 2}"][:1]
+    _close(out, ref[f"backbone_l{level}_f0"], f"backbone_l{level}_f0")
+
+
+@pytest.mark.parametrize("level", range(4))
+def test_projection_and_fusion(ref, run, level):
+    _close(run["seen"]["input_proj"][level][:1], ref[f"input_proj_l{level}_f0"], "input_proj")
+    _close(run["seen"]["srcs"][level][:1], ref[f"fused_src_l{level}_f0"], "fused_src")
+
+
+def test_vision_to_language(ref, run):
+    _close(run["seen"]["fused_lang"], ref["fused_lang"][2].transpose(0, 1), "fused_lang[2]")
+
+
+def test_encoder(ref, run):
+    enc = run["seen"]["encoder"]
+    assert enc["spatial_shapes"].tolist() == ref["enc_spatial_shapes"].tolist()
+    assert enc["level_start_index"].tolist() == ref["enc_level_start_index"].tolist()
+    _close(enc["memory"][:1], ref["enc_memory_f0"], "enc_memory_f0")
+
+
+def test_decoder(ref, run):
+    dec = run["seen"]["decoder"]
+    _close(dec["hs"], ref["dec_hs"], "dec_hs")
+    _close(dec["references"][0], ref["dec_init_reference"], "dec_init_reference")
+    _close(dec["boxes"], ref["dec_inter_references"], "dec_inter_references")
+
+
+def test_object_cluster(ref, run):
+    _close(run["seen"]["voc"], ref["voc_out"][0], "voc_out")
+
+
+def test_mask_features(ref, run):
+    _close(run["seen"]["mask_features"], ref["mask_features"], "mask_features")
+
+
+def test_returned_outputs(ref, run):
+    """Level 0 with the last layer's video queries, as the official eval forward returns."""
+    raw = run["raw"]
+    _close(raw["pred_logits"][0], ref["out_pred_cls"][:, 0, :, 0], "out_pred_cls")
+    _close(raw["pred_boxes"][0], ref["out_pred_boxes"][:, 0], "out_pred_boxes")
+    _close(raw["pred_masks"][0], ref["out_pred_masks"][:, 0], "out_pred_masks")
+    _close(raw["video_queries"], ref["out_pred_logit"], "out_pred_logit")
+    _close(raw["text_guidance"], ref["out_text_sentence_feature"], "out_text_sentence_feature")
+    _close(run["seen"]["controller"], ref["head_controller"][0, :, 0], "head_controller[0]")
+
+
+def test_post_processed_probabilities(ref, run):
+    result = run["result"]
+    scores = ref["out_pred_cls"][:, 0, :, 0].sigmoid().mean(0)
+    assert int(scores.argmax()) == int(ref["post_max_inds"][0])
+    _close(result["scores"], ref["post_pred_logits_selected"][:, 0].sigmoid(), "scores")
+    _close(result["pred_masks"], ref["post_probs"], "post_probs")
+    binary = (result["pred_masks"] > 0.5).to(torch.uint8)
+    assert torch.equal(binary, ref["post_pred_masks"])

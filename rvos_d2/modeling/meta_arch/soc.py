@@ -116,7 +116,7 @@ class SOC(RVOSMetaArch):
             "criterion": SetCriterion(SequenceMatcher(costs), weights, losses),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "size_divisibility": max(backbone.size_divisibility, coarsest),
+            "size_divisibility": soc.SIZE_DIVISIBILITY or max(backbone.size_divisibility, coarsest),
             "test_window": cfg.TEST.WINDOW,
         }
 
@@ -174,7 +174,9 @@ class SOC(RVOSMetaArch):
     ) -> tuple[Tensor, Tensor | None]:
         """hs: L x F x N x C frame queries; sentence B x C. Returns the queries the heads read
         (each plus its slot's video query, in every frame) and the video queries (L' x B x N x
-        C; L' = L in training, 1 = the last layer's at inference, added to every level)."""
+        C; L' = L in training, 1 = the last layer's at inference, added to every level). Each
+        (layer, clip) is clustered on its own; the released code regroups the L x T x B queries
+        with a reshape that mixes clips when B > 1 (identical for B = 1)."""
         if self.object_cluster is None:
             return hs, None
         frame_queries = hs if self.training else hs[-1:]

@@ -36,13 +36,16 @@ class SpatialDecoderMaskBranch(nn.Module):
         num_memory_levels: int,
         mask_dim: int,
         dynamic_conv_channels: int,
+        pixel_coordinates: bool = False,
     ):
         super().__init__()
         self.in_feature, self.stride = in_feature, stride
         self.num_memory_levels = num_memory_levels
         skips = [hidden_dim] * (num_memory_levels - 1) + [in_channels]
         self.decoder = SpatialDecoder(hidden_dim, skips, mask_dim)
-        self.head = DynamicMaskHead(hidden_dim, mask_dim, dynamic_conv_channels)
+        self.head = DynamicMaskHead(
+            hidden_dim, mask_dim, dynamic_conv_channels, pixel_coordinates=pixel_coordinates
+        )
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
@@ -56,6 +59,7 @@ class SpatialDecoderMaskBranch(nn.Module):
             "num_memory_levels": len(cfg.MODEL.VL_ENCODER.IN_FEATURES),
             "mask_dim": mb.MASK_DIM,
             "dynamic_conv_channels": mb.DYNAMIC_CONV_CHANNELS,
+            "pixel_coordinates": mb.PIXEL_COORDINATES,
         }
 
     def mask_features(
