@@ -38,6 +38,9 @@ def add_referformer_config(cfg: CfgNode) -> None:
     cfg.MODEL.REFERFORMER.MASK_WEIGHT = 2.0  # lambda_focal: mask sigmoid focal loss
     # weight of loss_search, -log attention on the target (MODEL.QUERY_DECODER.REFERENCE_SEARCH)
     cfg.MODEL.REFERFORMER.SEARCH_WEIGHT = 1.0
+    # frames are padded to a multiple of this; 0: of the coarsest backbone stride; 1: only to
+    # the batch's largest frame (the published model, which runs Ref-YouTube-VOS unpadded)
+    cfg.MODEL.REFERFORMER.SIZE_DIVISIBILITY = 0
     cfg.MODEL.REFERFORMER.MATCHER = CfgNode()  # Hungarian matching costs (set_cost_* officially)
     cfg.MODEL.REFERFORMER.MATCHER.CLASS_COST = 2.0  # referred-or-not focal cost
     cfg.MODEL.REFERFORMER.MATCHER.L1_COST = 5.0  # box L1 cost
@@ -105,7 +108,7 @@ class ReferFormer(RVOSMetaArch):
             "criterion": SetCriterion(SequenceMatcher(costs), weights, losses),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "size_divisibility": max(backbone.size_divisibility, coarsest),
+            "size_divisibility": rf.SIZE_DIVISIBILITY or max(backbone.size_divisibility, coarsest),
             "test_window": cfg.TEST.WINDOW,
         }
 
