@@ -100,6 +100,7 @@ def cuda_kernel_problem(device: torch.device | int) -> str | None:
 
 
 def _probe_cuda_kernels(index: int) -> str | None:
+    """Asks the extension whether it holds a kernel image GPU `index` can run; why not, or None."""
     if _C is None:
         return _LOAD_ERROR
     if not _C.has_cuda():
