@@ -163,3 +163,24 @@ def test_spatial_decoder_halves_width_and_reaches_the_finest_skip():
     assert [b.weight.shape[0] for b in dec.blocks] == [16, 8, 4]
     with pytest.raises(ValueError, match="skips"):
         dec(x, skips[:2])
+
+
+def test_frame_mask_losses_average_per_frame_dice():
+    from rvos_d2.modeling.losses import dice_loss, mask_focal_loss
+    from rvos_d2.modeling.soc import loss_frame_masks
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, 6)  # B x T x N x h x w
+    masks = (torch.rand(2, 1, 3, 5, 6) > 0.5).float()  # B x M x T x h x w
+    annotated = [torch.tensor([True, False, True]), torch.tensor([True, True, True])]
+    targets = [
+        {"valid": torch.ones(1, 3, dtype=torch.bool), "masks": m, "annotated": a}
+        for m, a in zip(masks, annotated)
+    ]
+    indices = [(torch.tensor([2]), torch.tensor([0])), (torch.tensor([1]), torch.tensor([0]))]
+    out = loss_frame_masks({"pred_masks": logits}, targets, indices, None)
+    frames = [(0, 0, 2), (0, 2, 2), (1, 0, 1), (1, 1, 1), (1, 2, 1)]  # (clip, frame, query)
+    pred = torch.stack([logits[b, t, q].flatten() for b, t, q in frames])
+    tgt = torch.stack([masks[b, 0, t].flatten() for b, t, _ in frames])
+    torch.testing.assert_close(out["loss_dice"], dice_loss(pred, tgt).mean())
+    torch.testing.assert_close(out["loss_mask"], mask_focal_loss(pred, tgt).mean())

@@ -4,7 +4,8 @@ segmentation.
 Built from the registered parts that ReferFormer uses (text encoder, deformable encoder and
 decoder with box refinement, class/box heads, dynamic mask head, set criterion) plus SOC's own:
 the two-stream multi-modal fusion (MultiModalVLEncoder), the video-level object cluster and the
-visual-linguistic contrastive loss ("contrastive" in the criterion).
+visual-linguistic contrastive loss ("contrastive" in the criterion); the mask losses are the
+released per-frame ones ("frame_masks").
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class SOC(RVOSMetaArch):
             "loss_mask": soc.MASK_WEIGHT,
             "loss_con": soc.CONTRASTIVE_WEIGHT,
         }
-        losses = ["labels", "boxes", "masks"]
+        losses = ["labels", "boxes", "frame_masks"]
         if soc.CONTRASTIVE_WEIGHT > 0:
             if not soc.VOC.ENABLED:
                 raise ValueError(

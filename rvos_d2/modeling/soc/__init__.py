@@ -3,10 +3,10 @@
 from rvos_d2.modeling.soc.contrastive import (
     contrastive_loss,
     guidance_embedding,
-    loss_contrastive,
     query_text_similarity,
 )
 from rvos_d2.modeling.soc.fusion import FUSION_MODES, GatedCrossAttention, MultiModalFusion
+from rvos_d2.modeling.soc.losses import loss_contrastive, loss_frame_masks
 from rvos_d2.modeling.soc.mask_branch import SpatialDecoderMaskBranch
 from rvos_d2.modeling.soc.object_cluster import VideoObjectCluster
 from rvos_d2.modeling.soc.spatial_decoder import SpatialDecoder
@@ -23,5 +23,6 @@ __all__ = [
     "contrastive_loss",
     "guidance_embedding",
     "loss_contrastive",
+    "loss_frame_masks",
     "query_text_similarity",
 ]

@@ -28,7 +28,7 @@ def add_soc_config(cfg: CfgNode) -> None:
     # (its eval forward keeps the first level), -1 is the last layer
     cfg.MODEL.SOC.TEST_LEVEL = 0
     # frames are padded to a multiple of this; 0: of the coarsest backbone stride; 1: only to
-    # the batch's largest frame (the released code)
+    # the batch's largest frame (the released code; training needs multiples of the mask stride)
     cfg.MODEL.SOC.SIZE_DIVISIBILITY = 0
     # loss weights as released (the paper's Sec. 4.2 lists Dice 2 / focal 5, the code 5 / 2)
     cfg.MODEL.SOC.CLASS_WEIGHT = 2.0  # referred-or-not sigmoid focal loss

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rvos_d2.modeling.criterion import LOSS_REGISTRY
-
-__all__ = ["contrastive_loss", "guidance_embedding", "loss_contrastive", "query_text_similarity"]
+__all__ = ["contrastive_loss", "guidance_embedding", "query_text_similarity"]
 
 
 def guidance_embedding(words: Tensor, word_mask: Tensor) -> Tensor:
@@ -32,13 +30,3 @@ def contrastive_loss(video_queries: Tensor, guidance: Tensor, matched: Tensor) -
     sim = query_text_similarity(video_queries, guidance)
     log_prob = F.log_softmax(sim, dim=-1)
     return -log_prob[torch.arange(sim.shape[0], device=sim.device), matched].mean()
-
-
-@LOSS_REGISTRY.register_as("contrastive")
-def loss_contrastive(outputs, targets, indices, norms) -> dict[str, Tensor]:
-    """SetCriterion loss "contrastive": Eq. 6 with the query matched to each clip's (first)
-    target sequence, from "video_queries" (B x Nv x C) and "text_guidance" (B x C)."""
-    matched = torch.stack([queries[0] for queries, _ in indices])
-    return {
-        "loss_con": contrastive_loss(outputs["video_queries"], outputs["text_guidance"], matched)
-    }
