@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_convert
 
 from rvos_d2.config import load_config
 from rvos_d2.modeling.converters.soc import convert_soc, soc_rule_state_dict
@@ -18,6 +19,7 @@ from rvos_d2.modeling.soc import (
     VideoObjectCluster,
     guidance_embedding,
 )
+from rvos_d2.modeling.transformer import refine_boxes
 
 from detectron2.modeling import build_model
 
@@ -203,8 +205,13 @@ def run(ref, tmp_path_factory):
         text = model.text_encoder([SENTENCE], model.device)
         raw = model.predict(model.preprocess([frames]), text, t, all_layers=False)
         seen["text"] = text
+        levels = []
+        for level in range(3):  # the official eval forward computes these, returns level 0
+            model.test_level = level
+            levels.append(model.predict(model.preprocess([frames]), text, t, all_layers=False))
+        model.test_level = 0
         result = model([video])[0]
-    return {"raw": raw, "result": result, "seen": seen}
+    return {"raw": raw, "levels": levels, "result": result, "seen": seen}
 
 
 def test_text_features(ref, run):
@@ -270,3 +277,22 @@ def test_post_processed_probabilities(ref, run):
     _close(result["pred_masks"], ref["post_probs"], "post_probs")
     binary = (result["pred_masks"] > 0.5).to(torch.uint8)
     assert torch.equal(binary, ref["post_pred_masks"])
+
+
+@pytest.mark.parametrize("level", range(3))
+def test_heads_of_every_level(ref, run, level):
+    """Class logits and boxes of each level on hs_voc[l] = dec_hs[l] + voc_out; level 2's masks."""
+    out = run["levels"][level]
+    _close(out["pred_logits"][0], ref["head_cls"][level, :, :, 0], f"head_cls[{level}]")
+    reference = ref["dec_init_reference"] if level == 0 else ref["dec_inter_references"][level - 1]
+    boxes = refine_boxes(ref["head_bbox_delta"][level], reference)
+    _close(out["pred_boxes"][0], boxes, f"boxes from head_bbox_delta[{level}]")
+    if level == 2:
+        _close(out["pred_masks"][0], ref["head_masks_lvl2"][:, 0], "head_masks_lvl2")
+
+
+def test_selected_boxes(ref, run):
+    h, w = ref["frames"].shape[1:3]
+    scale = torch.tensor([w, h, w, h], dtype=torch.float)
+    expected = box_convert(ref["post_pred_boxes_selected"], "cxcywh", "xyxy") * scale
+    _close(run["result"]["pred_boxes"], expected, "post_pred_boxes_selected (xyxy pixels)")
