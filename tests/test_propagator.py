@@ -16,6 +16,7 @@ from rvos_d2.config import load_config
 from rvos_d2.modeling.propagation import Propagator, STCNNetwork
 from rvos_d2.modeling.propagation.memory import MemoryBank, MemoryEntry, read_memory
 from rvos_d2.modeling.propagation.network import KeyFeatures
+from rvos_d2.modeling.propagation.propagator import frame_confidence
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RED = torch.tensor([230, 20, 20], dtype=torch.uint8)
@@ -126,6 +127,13 @@ def test_memory_bound_on_long_video():
     assert max(counts) == cap  # the cap is reached and never exceeded
     assert max(sizes) <= (cap + 1) * per_frame  # + the temporary last frame
     assert propagator.memory_banks["forward"].entries[0].frame == 0  # the anchor stays
+
+
+def test_frame_confidence_definition():
+    probs = torch.tensor([[[0.9, 0.2, 0.3]], [[0.1, 0.8, 0.6]]])  # background, one object
+    assert frame_confidence(probs) == pytest.approx(0.7)  # object pixels: 0.8 and 0.6
+    no_object = torch.tensor([[[0.9, 0.7]], [[0.1, 0.3]]])
+    assert frame_confidence(no_object) == pytest.approx(0.8)  # mean background probability
 
 
 def test_least_confident_memory_frame_is_replaced():

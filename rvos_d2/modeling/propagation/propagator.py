@@ -58,9 +58,12 @@ class PropagationResult:
 class _Pass:
     """One propagation direction: segments frames in the order given, updating its memory."""
 
-    def __init__(self, propagator: Propagator, anchor: int, image: Tensor, probs: Tensor):
+    def __init__(
+        self, propagator: Propagator, anchor: int, image: Tensor, probs: Tensor, pad: tuple
+    ):
         self.p = propagator
         self.anchor = anchor
+        self.pad = pad
         self.memory = MemoryBank(propagator.max_memory_frames)
         feats = propagator.network.encode_key(image.unsqueeze(0))[0]
         values = propagator.network.encode_value(image, feats.f16, probs[1:])
@@ -91,7 +94,7 @@ class _Pass:
         context = MatchingContext(*self.reference, *self.previous)
         logits = self.p.network.segment(self.memory, feats, context)
         probs = soft_aggregate(torch.sigmoid(logits))
-        confidence = frame_confidence(probs)
+        confidence = frame_confidence(unpad(probs, self.pad))
         self.previous = (feats.key, probs[1:])
         self.pending = (t, image, feats, probs, confidence)
         return probs, confidence
@@ -186,7 +189,7 @@ class Propagator:
         image, pad = self._prepare(head[anchor], anchor)
         probs = self._anchor_probs(masks, head[anchor].shape[-2:], image.device)
 
-        backward = _Pass(self, anchor, image, probs)
+        backward = _Pass(self, anchor, image, probs, pad)
         self.memory_banks = {"backward": backward.memory}
         earlier: list[tuple[Tensor, float]] = []
         for t in range(anchor - 1, -1, -1):
@@ -196,9 +199,9 @@ class Propagator:
         for t, (frame_probs, confidence) in enumerate(reversed(earlier)):
             yield t, frame_probs, confidence
         del earlier, head[:anchor]
-        yield anchor, unpad(probs[1:], pad), frame_confidence(probs)
+        yield anchor, unpad(probs[1:], pad), frame_confidence(unpad(probs, pad))
 
-        forward = _Pass(self, anchor, image, probs)
+        forward = _Pass(self, anchor, image, probs, pad)
         self.memory_banks["forward"] = forward.memory
         for t, frame in enumerate(iterator, start=anchor + 1):
             frame_probs, confidence = forward.step(t, self._checked(frame, t, image, pad))
