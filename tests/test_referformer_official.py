@@ -38,7 +38,6 @@ CONFIGS = {
 }
 # the official text model is RoBERTa-base; the fixtures substitute the offline MiniLM for it
 OPTS = ["MODEL.TEXT_ENCODER.NAME", "minilm", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
-EXACT = ("frames", "input_ids", "attention_mask", "token_type_ids")  # inputs, not outputs
 ARRAYS = [
     "text_last_hidden_state",
     "text_pooler_output",
@@ -216,14 +215,20 @@ def _collect(model, rec: _Recorder, out: dict, post: dict, num_frames: int) -> d
     return {k: t.detach().cpu().numpy() for k, t in ours.items()}
 
 
-def _cases():
-    return [c for c in CONFIGS if (FIXTURES / f"{c}.npz").is_file()]
-
-
 @pytest.mark.parametrize("case", list(CONFIGS))
 def test_converted_checkpoint_loads_strictly(case):
+    """Every official key, the text model's included, names exactly one parameter or buffer."""
     meta, rows, _ = _load_case(case)
-    _build(case, meta, rows)
+    model = _build(case, meta, rows)
+    official = rule_state_dict(rows, meta["settings"]["seed"])
+    text_model = model.text_encoder.language_model.state_dict()
+    text_keys = [key for key, *_ in rows if key.startswith("text_encoder.")]
+    official.update({k: text_model[k[len("text_encoder.") :]] for k in text_keys})
+    converted = convert_referformer(official)
+    parameters = {name for name, _ in model.named_parameters()}
+    tensors = parameters | {name for name, _ in model.named_buffers()}
+    assert parameters <= set(converted), sorted(parameters - set(converted))[:10]
+    assert set(converted) <= tensors, sorted(set(converted) - tensors)[:10]
 
 
 def test_convert_tool_reads_a_released_checkpoint(tmp_path):
