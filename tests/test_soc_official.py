@@ -186,6 +186,7 @@ def run(ref, tmp_path_factory):
     def keep(name):
         return lambda module, args, out: seen.__setitem__(name, out)
 
+    model.text_encoder.language_model.register_forward_hook(keep("language_model"))
     model.backbone.register_forward_hook(keep("backbone"))
     model.vl_encoder.input_proj.register_forward_hook(keep("input_proj"))
     model.vl_encoder.encoder.register_forward_pre_hook(
@@ -215,6 +216,9 @@ def run(ref, tmp_path_factory):
 
 
 def test_text_features(ref, run):
+    lm = run["seen"]["language_model"]
+    _close(lm.last_hidden_state, ref["text_last_hidden_state"], "text_last_hidden_state")
+    _close(lm.pooler_output, ref["text_pooler_output"], "text_pooler_output")
     text = run["seen"]["text"]
     _close(text.word_feats, ref["text_word_proj"].transpose(0, 1), "text_word_proj")
     _close(text.sentence_feat, ref["text_sentence_proj"], "text_sentence_proj")
