@@ -20,8 +20,13 @@ slot for the whole video.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import box_convert
@@ -127,33 +132,89 @@ class RVOSMetaArch(nn.Module):
 
     @torch.no_grad()
     def inference_video(self, video: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Runs windows of TEST.WINDOW frames, picks the query slot with the best mean score over
-        the whole video, and returns its masks, scores and boxes at the original size.
-
-        Until the choice, the low-resolution mask logits of all N slots are kept (float16): N
-        times the stride-`mask_stride` masks of the video, less than the full-size output itself.
-        """
-        text = self.text_encoder([video["expression"]], self.device)
+        """The whole video's outputs (the output contract) from `stream_video` over windows of
+        TEST.WINDOW frames of `video["image"]`."""
         frames = video["image"]
-        logits, boxes, masks, sizes = [], [], [], []
-        for start in range(0, frames.shape[0], self.test_window):
-            images = self.preprocess([frames[start : start + self.test_window]])
-            out = self.predict(images, text, len(images), all_layers=False)
-            logits.append(out["pred_logits"][0])
-            boxes.append(out["pred_boxes"][0])
-            masks.append(out["pred_masks"][0].half())
-            sizes.append(images.tensor.shape[-2:])
-        scores = torch.cat(logits).sigmoid()  # T x N
-        best = int(scores.mean(0).argmax())
-        height, width = video["height"], video["width"]
-        image_size = frames.shape[-2:]
-        full = [
-            masks_to_original(window[:, best].float(), padded, image_size, (height, width))
-            for window, padded in zip(masks, sizes)
-        ]
-        scale = torch.tensor([width, height, width, height], device=scores.device)
-        return {
-            "pred_masks": torch.cat(full),
-            "scores": scores[:, best],
-            "pred_boxes": box_convert(torch.cat(boxes)[:, best], "cxcywh", "xyxy") * scale,
-        }
+        windows = (
+            frames[start : start + self.test_window]
+            for start in range(0, frames.shape[0], self.test_window)
+        )
+        per_frame = list(
+            self.stream_video(windows, video["expression"], (video["height"], video["width"]))
+        )
+        return {key: torch.stack([f[key] for f in per_frame]) for key in per_frame[0]}
+
+    @torch.no_grad()
+    def stream_video(
+        self, windows: Iterable[torch.Tensor], expression: str, original_size: tuple[int, int]
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Per-frame outputs ("pred_masks" H x W probabilities at `original_size`, "scores",
+        "pred_boxes" xyxy) of a video given as consecutive windows of t x 3 x h x w uint8
+        frames, yielded in frame order with memory bounded by one window.
+
+        One query slot is chosen for the whole video by its mean score over all frames, so
+        nothing can be yielded before the last window has run: the windows' low-resolution
+        logits of all N slots (float32, N times the stride-`mask_stride` masks) are spilled to a
+        temporary file and read back window by window once the slot is chosen; only scores and
+        boxes (N numbers per frame) stay in memory. With one slot the frames are yielded as
+        each window finishes.
+        """
+        text = self.text_encoder([expression], self.device)
+        spilled: list[_Window] = []
+        with tempfile.TemporaryFile() as spill:
+            for frames in windows:
+                images = self.preprocess([frames])
+                out = self.predict(images, text, len(images), all_layers=False)
+                window = _Window(
+                    out["pred_logits"][0].sigmoid(),
+                    out["pred_boxes"][0],
+                    tuple(images.tensor.shape[-2:]),
+                    tuple(frames.shape[-2:]),
+                )
+                masks = out["pred_masks"][0].float()  # t x N x h x w
+                if masks.shape[1] == 1:
+                    yield from window.frames(masks[:, 0], 0, original_size)
+                    continue
+                window.spill(masks, spill)
+                spilled.append(window)
+            if not spilled:
+                return
+            best = int(torch.cat([w.scores for w in spilled]).mean(0).argmax())
+            for window in spilled:
+                yield from window.frames(window.read(spill, best), best, original_size)
+
+
+@dataclass
+class _Window:
+    """What `stream_video` keeps of one window: scores t x N, boxes t x N x 4 (cxcywh,
+    normalised), the padded and unpadded input sizes, and where its logits are spilled."""
+
+    scores: torch.Tensor
+    boxes: torch.Tensor
+    padded_size: tuple[int, int]
+    image_size: tuple[int, int]
+    offset: int = 0
+    shape: tuple[int, ...] = ()
+
+    def spill(self, masks: torch.Tensor, file: BinaryIO) -> None:
+        """Appends the t x N x h x w logits to `file`."""
+        array = masks.cpu().numpy()
+        self.offset, self.shape = file.seek(0, os.SEEK_END), array.shape
+        file.write(array.tobytes())
+
+    def read(self, file: BinaryIO, slot: int) -> torch.Tensor:
+        """The spilled logits of one slot, t x h x w."""
+        file.seek(self.offset)
+        array = np.frombuffer(file.read(int(np.prod(self.shape)) * 4), dtype=np.float32)
+        return torch.from_numpy(array.reshape(self.shape)[:, slot].copy()).to(self.scores.device)
+
+    def frames(
+        self, logits: torch.Tensor, slot: int, original_size: tuple[int, int]
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Per-frame outputs of slot `slot` from its t x h x w logits."""
+        masks = masks_to_original(logits, self.padded_size, self.image_size, original_size)
+        height, width = original_size
+        scale = torch.tensor([width, height, width, height], device=masks.device)
+        boxes = box_convert(self.boxes[:, slot], "cxcywh", "xyxy") * scale
+        for t in range(masks.shape[0]):
+            yield {"pred_masks": masks[t], "scores": self.scores[t, slot], "pred_boxes": boxes[t]}
