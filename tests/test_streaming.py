@@ -1,19 +1,16 @@
 """Streaming inference: windows of a lazily read video give the same outputs as the whole video
 in memory, and frames are not read further ahead than one window."""
 
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from rvos_d2.engine.predictor import VideoPredictor
+from rvos_d2.utils.video_io import VideoReader
 from tests.fixtures.model import make_clip
 
 from detectron2.modeling import build_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _video(num_frames: int) -> dict:
@@ -35,19 +32,12 @@ def test_stream_video_equals_the_whole_video_in_one_window(referformer_cfg, num_
         torch.testing.assert_close(per_frame, whole[key], atol=1e-4, rtol=1e-4)
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_demo_reads_at_most_one_window_ahead(referformer_cfg):
+def test_predictor_reads_at_most_two_windows_ahead(referformer_cfg):
     """With one query slot, output k is yielded before frame k + 2 * window is decoded."""
     referformer_cfg.MODEL.QUERY_DECODER.NUM_QUERIES = 1
     referformer_cfg.TEST.WINDOW = 3
     referformer_cfg.MODEL.WEIGHTS = ""
-    segmenter = _load_demo().VideoSegmenter(referformer_cfg)
+    segmenter = VideoPredictor(referformer_cfg)
     decoded = []
 
     def frames():
@@ -62,20 +52,19 @@ def test_demo_reads_at_most_one_window_ahead(referformer_cfg):
     assert len(lead) == 20 and max(lead) <= 2 * referformer_cfg.TEST.WINDOW
 
 
-def test_demo_on_a_frame_folder_equals_the_model_on_its_frames(referformer_cfg, tmp_path):
+def test_predictor_on_a_frame_folder_equals_the_model_on_its_frames(referformer_cfg, tmp_path):
     referformer_cfg.MODEL.QUERY_DECODER.NUM_QUERIES = 3
     referformer_cfg.TEST.WINDOW = 4
     referformer_cfg.MODEL.WEIGHTS = ""
     torch.manual_seed(0)
-    demo = _load_demo()
-    segmenter = demo.VideoSegmenter(referformer_cfg)
+    segmenter = VideoPredictor(referformer_cfg)
     rng = np.random.default_rng(0)
     folder = tmp_path / "frames"
     folder.mkdir()
     frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(9)]
     for t, frame in enumerate(frames):
         cv2.imwrite(str(folder / f"{t:05d}.png"), frame[..., ::-1])
-    reader = demo.VideoReader(folder)
+    reader = VideoReader(folder)
     streamed = list(segmenter.stream((f for _, f in reader), "the red square", (48, 64)))
     model_input = segmenter._model_input(frames, "the red square")
     segmenter.model.test_window = 36

@@ -16,7 +16,6 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,11 @@ import torch
 import tqdm
 
 import rvos_d2  # noqa: F401  (shims, registrations)
-from rvos_d2.data.model_input import build_model_input
-from rvos_d2.data.transforms import augment_clip, build_clip_augmentations
-from rvos_d2.engine import RVOSCheckpointer
+from rvos_d2.engine.predictor import VideoPredictor
 from rvos_d2.utils.cli import load_config, run_cli
 from rvos_d2.utils.video_io import OverlayVideoWriter, VideoReader, write_masks
 
 from detectron2.config import CfgNode
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 logger = logging.getLogger("rvos_d2.demo")
@@ -63,64 +59,6 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-class VideoSegmenter:
-    """Builds a model from a config, loads its weights, and segments a video from a sentence,
-    frame by frame in windows of TEST.WINDOW frames (memory bounded by a window for models
-    with `stream_video`; others get the whole video at once)."""
-
-    def __init__(self, cfg: CfgNode):
-        self.model = build_model(cfg).eval()
-        if cfg.MODEL.WEIGHTS:
-            checkpointer = RVOSCheckpointer(
-                self.model, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL
-            )
-            checkpointer.load(cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
-        self.augmentations = build_clip_augmentations(cfg, is_train=False)
-        self.image_format = cfg.INPUT.FORMAT
-        self.window = cfg.TEST.WINDOW
-
-    def _model_input(self, frames: list[np.ndarray], text: str) -> dict:
-        """The model input of RGB frames: resized, in the model's channel order."""
-        inputs = frames if self.image_format == "RGB" else [f[..., ::-1] for f in frames]
-        resized, _, _ = augment_clip(self.augmentations, list(inputs), [None] * len(frames))
-        height, width = frames[0].shape[:2]
-        return build_model_input(
-            resized, text, height=height, width=width, video_id="demo", exp_id="0"
-        )
-
-    def _windows(self, frames: Iterable[np.ndarray], text: str) -> Iterator[torch.Tensor]:
-        batch = []
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == self.window:
-                yield self._model_input(batch, text)["image"]
-                batch = []
-        if batch:
-            yield self._model_input(batch, text)["image"]
-
-    @torch.no_grad()
-    def stream(
-        self, frames: Iterable[np.ndarray], text: str, size: tuple[int, int]
-    ) -> Iterator[tuple[np.ndarray, float]]:
-        """(H x W mask probabilities, score) per frame of RGB frames of size `size`, in order."""
-        if not text.strip():
-            raise ValueError("the referring expression (--text) is empty")
-        if hasattr(self.model, "stream_video"):
-            for out in self.model.stream_video(self._windows(frames, text), text, size):
-                yield out["pred_masks"].float().cpu().numpy(), float(out["scores"])
-            return
-        output = self.model([self._model_input(list(frames), text)])[0]
-        for prob, score in zip(output["pred_masks"], output["scores"]):
-            yield prob.float().cpu().numpy(), float(score)
-
-    def __call__(self, frames: list[np.ndarray], text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame mask probabilities (T x H x W) and scores (T) of RGB frames in memory."""
-        probs, scores = zip(*self.stream(frames, text, frames[0].shape[:2]))
-        return np.stack(probs), np.array(scores)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="rvos_d2")
@@ -130,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     reader = VideoReader(args.video, args.allow_incomplete_video)
     first = next(iter(reader))[1]
     cfg = setup_cfg(args)
-    segmenter = VideoSegmenter(cfg)
+    segmenter = VideoPredictor(cfg)
     start = time.perf_counter()
     logger.info("segmenting %s (%d frames): %r", args.video, len(reader), args.text)
     output = Path(args.output)
