@@ -149,7 +149,8 @@ def grounding_target(
 
     Args:
         tracklet_masks: P x T x H x W tracklets.
-        gt_masks: T x H x W ground-truth masks of the referred object.
+        gt_masks: T x H x W ground-truth masks of the referred object (bool, or coverage
+            fractions; like float tracklet masks, foreground above 0.5).
         annotated: T bool, frames whose ground truth is known (others are left out of Eq. 3).
     """
     if gt_masks.shape != tracklet_masks.shape[1:]:

@@ -260,15 +260,16 @@ class TopDownRVOS(nn.Module):
         return {"loss_grounding": torch.stack(losses).mean()}
 
     def _target_masks(self, video: dict[str, Any], size) -> tuple[Tensor, Tensor]:
-        """The referred object's T x h x w masks at the tracklets' resolution (area coverage
-        above one half) and the T frames whose ground truth is known."""
+        """The referred object's T x h x w masks at the tracklets' resolution (the fraction of
+        each cell it covers: soft at the boundary like propagated masks, which matters when it is
+        appended as a tracklet) and the T frames whose ground truth is known."""
         frames = video.get("instances")
         if frames is None or len(frames) != video["image"].shape[0]:
             raise ValueError(
                 f"video {video.get('video_id')}: training needs one `instances` per frame"
             )
         masks = torch.stack([inst.gt_masks.tensor[0] for inst in frames]).to(self.device)
-        small = F.interpolate(masks[None].float(), size=tuple(size), mode="area")[0] > 0.5
+        small = F.interpolate(masks[None].float(), size=tuple(size), mode="area")[0]
         annotated = torch.tensor(
             [bool(i.gt_annotated[0]) if i.has("gt_annotated") else True for i in frames],
             device=self.device,
