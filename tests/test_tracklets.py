@@ -140,3 +140,15 @@ def test_tracklet_scores_and_argument_errors():
         tracklet_iou(masks, torch.zeros(2, 2, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="downsample"):
         tracklet_iou(masks, downsample=0)
+
+
+@pytest.mark.gpu
+def test_iou_and_nms_on_cuda_match_cpu():
+    tracklets = random_tracklets(10, 6, 16, 16, seed=6)
+    on_gpu = tracklets.to("cuda")
+    iou = tracklet_iou(on_gpu.masks.half(), chunk_frames=4)
+    assert iou.device.type == "cuda"
+    torch.testing.assert_close(iou.cpu(), tracklet_iou(tracklets.masks))
+    kept = tracklet_nms(on_gpu, 0.2, max_keep=5)
+    assert kept.device.type == "cuda"
+    assert kept.cpu().tolist() == tracklet_nms(tracklets, 0.2, max_keep=5).tolist()
