@@ -64,3 +64,13 @@ def test_frame_size_follows_resize_shortest_edge(benchmark_tool):
 def test_unknown_op_path_is_named(benchmark_tool, capsys):
     with pytest.raises(ValueError, match="--op-paths: unknown path"):
         benchmark_tool.main(["inference", "--device", "cpu", "--op-paths", "fast"])
+
+
+def test_long_video_streams_every_frame_of_each_length(benchmark_tool, capsys):
+    argv = ["long_video", "--device", "cpu", "--config-file", TINY, "--frames", "3,7"]
+    benchmark_tool.main([*argv, "--size", "48", "64"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["benchmark"] == "long_video" and result["size"] == [48, 64]
+    for n in ("3", "7"):
+        run = result["runs"][n]
+        assert run["frames"] == int(n) and run["fps"] > 0 and run["peak_rss_mib"] > 0

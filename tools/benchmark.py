@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 import)
@@ -333,6 +334,67 @@ def bench_propagation(args: argparse.Namespace) -> dict:
         else:
             run["peak_rss_mib"] = max(peak_rss, _rss_bytes()) / 2**20
             run["peak_rss_growth_mib"] = (max(peak_rss, _rss_bytes()) - base_rss) / 2**20
+        result["runs"][str(n)] = run
+    return result
+
+
+def _configure_long_video(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-file",
+        default=None,
+        help="model config (default: configs/Synthetic/ReferFormer-tiny.yaml, random weights)",
+    )
+    parser.add_argument("--frames", default="100,1000,10000", help="video lengths, comma-separated")
+    parser.add_argument("--size", type=int, nargs=2, default=(360, 640), help="frame H W")
+    parser.add_argument("--weights", default="", help="MODEL.WEIGHTS (default: random weights)")
+
+
+@benchmark(
+    "long_video",
+    "Streaming video segmentation (VideoPredictor): frames per second and peak memory per length",
+    _configure_long_video,
+)
+def bench_long_video(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from rvos_d2.config import load_config
+    from rvos_d2.engine.predictor import VideoPredictor
+
+    default = Path(__file__).resolve().parents[1] / "configs/Synthetic/ReferFormer-tiny.yaml"
+    config = args.config_file or str(default)
+    cfg = load_config(config, ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", args.weights])
+    predictor = VideoPredictor(cfg)
+    device = torch.device(args.device)
+    height, width = args.size
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (height + 64, width + 64, 3), dtype=np.uint8)
+
+    def frames(n: int):  # a panning texture with a moving square, one frame at a time
+        for t in range(n):
+            dy, dx = t % 64, (3 * t) % 64
+            frame = texture[dy : dy + height, dx : dx + width].copy()
+            x = (5 * t) % max(width - 40, 1)
+            frame[height // 3 : height // 3 + 40, x : x + 40] = (220, 40, 40)
+            yield frame
+
+    result = {"benchmark": "long_video", "device": str(device), "config": config}
+    result.update(size=[height, width], window=cfg.TEST.WINDOW, runs={})
+    for n in (int(x) for x in args.frames.split(",")):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        base_rss = peak_rss = _rss_bytes()
+        start = time.perf_counter()
+        count = 0
+        for count, _ in enumerate(predictor.stream(frames(n), "the red square", (height, width))):
+            if count % 10 == 0:
+                peak_rss = max(peak_rss, _rss_bytes())
+        seconds = time.perf_counter() - start
+        run = {"frames": count + 1, "fps": (count + 1) / seconds, "seconds": seconds}
+        if device.type == "cuda":
+            run["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        run["peak_rss_mib"] = max(peak_rss, _rss_bytes()) / 2**20
+        run["peak_rss_growth_mib"] = (max(peak_rss, _rss_bytes()) - base_rss) / 2**20
         result["runs"][str(n)] = run
     return result
 
