@@ -290,3 +290,19 @@ def test_matches_official(case, name):
     np.testing.assert_allclose(
         got, expected, rtol=0, atol=1e-4 + 1e-4 * scale, err_msg=f"{case}: {name}"
     )
+
+
+def test_query_per_window_decodes_each_window_as_a_video():
+    """MODEL.REFERFORMER.QUERY_PER_WINDOW (Ref-DAVIS17 configs): each window of TEST.WINDOW
+    frames is decoded on its own and gets its own query."""
+    meta, rows, ref = _load_case("r50")
+    model = _build("r50", meta, rows)
+    frames = torch.from_numpy(ref["frames"]).permute(0, 3, 1, 2).contiguous()
+    video = {"image": frames, "expression": meta["settings"]["sentence"], "height": 64, "width": 96}
+    model.test_window = 1
+    with torch.no_grad():
+        singles = [model.inference_video({**video, "image": frames[t : t + 1]}) for t in (0, 1)]
+        model.query_per_window = True
+        windows = model.inference_video(video)
+    for key in ("pred_masks", "scores", "pred_boxes"):
+        torch.testing.assert_close(windows[key], torch.cat([s[key] for s in singles]))

@@ -41,6 +41,9 @@ def add_referformer_config(cfg: CfgNode) -> None:
     # frames are padded to a multiple of this; 0: of the coarsest backbone stride; 1: only to
     # the batch's largest frame (the published model, which runs Ref-YouTube-VOS unpadded)
     cfg.MODEL.REFERFORMER.SIZE_DIVISIBILITY = 0
+    # inference chooses the query per window of TEST.WINDOW frames (the official Ref-DAVIS17
+    # inference: 36-frame clips) instead of once for the whole video
+    cfg.MODEL.REFERFORMER.QUERY_PER_WINDOW = False
     cfg.MODEL.REFERFORMER.MATCHER = CfgNode()  # Hungarian matching costs (set_cost_* officially)
     cfg.MODEL.REFERFORMER.MATCHER.CLASS_COST = 2.0  # referred-or-not focal cost
     cfg.MODEL.REFERFORMER.MATCHER.L1_COST = 5.0  # box L1 cost
@@ -65,9 +68,11 @@ class ReferFormer(RVOSMetaArch):
         vl_encoder: nn.Module,
         query_decoder: nn.Module,
         mask_branch: nn.Module,
+        query_per_window: bool = False,
         **kwargs,
     ):
         super().__init__(mask_stride=mask_branch.stride, **kwargs)
+        self.query_per_window = query_per_window
         self.vl_encoder, self.query_decoder, self.mask_branch = (
             vl_encoder,
             query_decoder,
@@ -110,7 +115,20 @@ class ReferFormer(RVOSMetaArch):
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "size_divisibility": rf.SIZE_DIVISIBILITY or max(backbone.size_divisibility, coarsest),
             "test_window": cfg.TEST.WINDOW,
+            "query_per_window": rf.QUERY_PER_WINDOW,
         }
+
+    def inference_video(self, video: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The base's inference; with `query_per_window`, each window of TEST.WINDOW frames is
+        decoded as a video of its own, with its own query."""
+        if not self.query_per_window:
+            return super().inference_video(video)
+        frames, window = video["image"], self.test_window
+        parts = [
+            super(ReferFormer, self).inference_video({**video, "image": frames[s : s + window]})
+            for s in range(0, frames.shape[0], window)
+        ]
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     def predict(
         self, images: ImageList, text: TextFeatures, num_frames: int, all_layers: bool
