@@ -45,8 +45,9 @@ class RVOSMetaArch(nn.Module):
     """Preprocessing, targets, text encoding, training step and windowed inference of RVOS models.
 
     `predict(images, text, num_frames, all_layers)` must return, for B = len(images) / num_frames
-    clips: pred_logits B x T x N, pred_boxes B x T x N x 4 (cxcywh normalised by each frame's
-    unpadded size), pred_masks B x T x N x h x w logits at `mask_stride` of the padded input, and
+    clips: pred_logits B x T x N (per-frame score logits of N query slots; N = 1 for methods
+    without queries), pred_masks B x T x N x h x w logits at `mask_stride` of the padded input,
+    optionally pred_boxes B x T x N x 4 (cxcywh normalised by each frame's unpadded size), and
     with `all_layers` any extra entries the criterion reads (e.g. "aux_outputs").
     """
 
@@ -167,7 +168,7 @@ class RVOSMetaArch(nn.Module):
                 out = self.predict(images, text, len(images), all_layers=False)
                 window = _Window(
                     out["pred_logits"][0].sigmoid(),
-                    out["pred_boxes"][0],
+                    out["pred_boxes"][0] if "pred_boxes" in out else None,
                     tuple(images.tensor.shape[-2:]),
                     tuple(frames.shape[-2:]),
                 )
@@ -190,7 +191,7 @@ class _Window:
     normalised), the padded and unpadded input sizes, and where its logits are spilled."""
 
     scores: torch.Tensor
-    boxes: torch.Tensor
+    boxes: torch.Tensor | None
     padded_size: tuple[int, int]
     image_size: tuple[int, int]
     offset: int = 0
@@ -213,8 +214,13 @@ class _Window:
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Per-frame outputs of slot `slot` from its t x h x w logits."""
         masks = masks_to_original(logits, self.padded_size, self.image_size, original_size)
-        height, width = original_size
-        scale = torch.tensor([width, height, width, height], device=masks.device)
-        boxes = box_convert(self.boxes[:, slot], "cxcywh", "xyxy") * scale
+        boxes = None
+        if self.boxes is not None:
+            height, width = original_size
+            scale = torch.tensor([width, height, width, height], device=masks.device)
+            boxes = box_convert(self.boxes[:, slot], "cxcywh", "xyxy") * scale
         for t in range(masks.shape[0]):
-            yield {"pred_masks": masks[t], "scores": self.scores[t, slot], "pred_boxes": boxes[t]}
+            frame = {"pred_masks": masks[t], "scores": self.scores[t, slot]}
+            if boxes is not None:
+                frame["pred_boxes"] = boxes[t]
+            yield frame
