@@ -68,9 +68,12 @@ def pairwise_class_cost(logits: torch.Tensor) -> torch.Tensor:
 
 
 def downsample_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
-    """Area-averages `... x H x W` masks by `stride` (H, W divisible by it): soft targets."""
-    if masks.shape[-2] % stride or masks.shape[-1] % stride:
-        raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not divisible by stride {stride}")
+    """Area-averages `... x H x W` masks by `stride` into soft targets of ceil(H / stride) x
+    ceil(W / stride): a size that is not a multiple of the stride is zero-padded at the bottom
+    and right first, as a backbone's stride-`stride` map covers the input."""
+    pad_h, pad_w = -masks.shape[-2] % stride, -masks.shape[-1] % stride
+    if pad_h or pad_w:
+        masks = F.pad(masks, (0, pad_w, 0, pad_h))
     lead = masks.shape[:-2]
     pooled = F.avg_pool2d(masks.reshape(-1, 1, *masks.shape[-2:]).float(), stride)
     return pooled.reshape(*lead, *pooled.shape[-2:])
