@@ -27,6 +27,8 @@ SMALL_MODEL = [
     "MODEL.DEFORMABLE_TRANSFORMER.ENC_LAYERS", 1,
     "MODEL.DEFORMABLE_TRANSFORMER.DEC_LAYERS", 2,
 ]  # fmt: skip
+# Top-down candidates: each frozen instance segmentation model on small frames, one key frame.
+SMALL_CANDIDATE_OPTS = ["INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96]
 SMALL_SWIN = {
     "DEPTHS": [1, 1, 1, 1],
     "EMBED_DIM": 32,
@@ -66,6 +68,10 @@ def test_config_builds_and_trains_one_step(path, capsys):
     for key in ("SWIN", "VIDEO_SWIN"):
         node = cfg.MODEL[key]
         node.merge_from_list([item for kv in SMALL_SWIN.items() for item in kv])
+    if cfg.MODEL.META_ARCHITECTURE == "TopDownRVOS":
+        candidates = cfg.MODEL.TOPDOWN.CANDIDATES
+        candidates.OPTS = [SMALL_CANDIDATE_OPTS for _ in candidates.CONFIG_FILES]
+        cfg.MODEL.TOPDOWN.NUM_KEY_FRAMES = 1
     if not _text_encoder_available(cfg.MODEL.TEXT_ENCODER.NAME):
         with capsys.disabled():
             print(
