@@ -14,6 +14,7 @@ from rvos_d2.modeling.backbone.config import add_backbone_config
 from rvos_d2.modeling.mask_branch import add_mask_branch_config
 from rvos_d2.modeling.meta_arch.referformer import add_referformer_config
 from rvos_d2.modeling.propagation.config import add_propagation_config
+from rvos_d2.modeling.propagation.postprocess import add_test_propagation_config
 from rvos_d2.modeling.query_decoder import add_query_decoder_config
 from rvos_d2.modeling.soc.config import add_soc_config
 from rvos_d2.modeling.text_encoder import add_text_encoder_config
@@ -78,6 +79,7 @@ def add_rvos_config(cfg: CN) -> None:
     _add_test_config(cfg)
     add_checkpoint_config(cfg)
     add_propagation_config(cfg)
+    add_test_propagation_config(cfg)
     add_topdown_config(cfg)
 
 

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 class VideoPredictor:
     """Builds a model from a config, loads its weights, and segments a video from a sentence,
     frame by frame in windows of TEST.WINDOW frames (memory bounded by a window for models
-    with `stream_video`; others get the whole video at once)."""
+    with `stream_video`; others, and TEST.PROPAGATION post-processing, which needs the best-scored
+    frame before anything is propagated, get the whole video at once)."""
 
     def __init__(self, cfg: CfgNode):
         self.model = build_model(cfg).eval()
@@ -64,7 +65,7 @@ class VideoPredictor:
         """(H x W mask probabilities, score) per frame of RGB frames of size `size`, in order."""
         if not text.strip():
             raise ValueError("the referring expression is empty")
-        if hasattr(self.model, "stream_video"):
+        if hasattr(self.model, "stream_video") and getattr(self.model, "propagation", None) is None:
             for out in self.model.stream_video(self._windows(frames, text), text, size):
                 yield out["pred_masks"].float().cpu().numpy(), float(out["scores"])
             return

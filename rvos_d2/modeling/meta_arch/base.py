@@ -32,6 +32,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from rvos_d2.modeling.losses import downsample_masks
+from rvos_d2.modeling.propagation.postprocess import MaskPropagation
 from rvos_d2.modeling.text_encoder import TextFeatures
 from rvos_d2.modeling.utils import masks_to_original
 
@@ -62,6 +63,7 @@ class RVOSMetaArch(nn.Module):
         size_divisibility: int,
         mask_stride: int,
         test_window: int,
+        propagation: MaskPropagation | None = None,
     ):
         super().__init__()
         if test_window < 1:
@@ -70,6 +72,7 @@ class RVOSMetaArch(nn.Module):
         self.size_divisibility = size_divisibility
         self.mask_stride = mask_stride
         self.test_window = test_window
+        self.propagation = propagation  # TEST.PROPAGATION post-processing, or None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -134,7 +137,7 @@ class RVOSMetaArch(nn.Module):
     @torch.no_grad()
     def inference_video(self, video: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The whole video's outputs (the output contract) from `stream_video` over windows of
-        TEST.WINDOW frames of `video["image"]`."""
+        TEST.WINDOW frames of `video["image"]`, then TEST.PROPAGATION post-processing if any."""
         frames = video["image"]
         windows = (
             frames[start : start + self.test_window]
@@ -143,7 +146,10 @@ class RVOSMetaArch(nn.Module):
         per_frame = list(
             self.stream_video(windows, video["expression"], (video["height"], video["width"]))
         )
-        return {key: torch.stack([f[key] for f in per_frame]) for key in per_frame[0]}
+        output = {key: torch.stack([f[key] for f in per_frame]) for key in per_frame[0]}
+        if self.propagation is not None:
+            output = self.propagation(frames, output)
+        return output
 
     @torch.no_grad()
     def stream_video(

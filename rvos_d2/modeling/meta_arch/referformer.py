@@ -16,6 +16,7 @@ from rvos_d2.modeling.criterion import SetCriterion
 from rvos_d2.modeling.mask_branch import build_mask_branch
 from rvos_d2.modeling.matcher import MatchCostWeights, SequenceMatcher
 from rvos_d2.modeling.meta_arch.base import RVOSMetaArch
+from rvos_d2.modeling.propagation.postprocess import build_test_propagation
 from rvos_d2.modeling.query_decoder import build_query_decoder
 from rvos_d2.modeling.text_encoder import TextFeatures, build_text_encoder
 from rvos_d2.modeling.utils import padding_mask, resize_mask
@@ -115,6 +116,7 @@ class ReferFormer(RVOSMetaArch):
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "size_divisibility": rf.SIZE_DIVISIBILITY or max(backbone.size_divisibility, coarsest),
             "test_window": cfg.TEST.WINDOW,
+            "propagation": build_test_propagation(cfg),
             "query_per_window": rf.QUERY_PER_WINDOW,
         }
 

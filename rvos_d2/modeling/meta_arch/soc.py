@@ -19,6 +19,7 @@ from rvos_d2.modeling.criterion import SetCriterion
 from rvos_d2.modeling.mask_branch import build_mask_branch
 from rvos_d2.modeling.matcher import MatchCostWeights, SequenceMatcher
 from rvos_d2.modeling.meta_arch.base import RVOSMetaArch
+from rvos_d2.modeling.propagation.postprocess import build_test_propagation
 from rvos_d2.modeling.query_decoder import build_query_decoder
 from rvos_d2.modeling.soc import VideoObjectCluster, guidance_embedding
 from rvos_d2.modeling.text_encoder import TextFeatures, build_text_encoder
@@ -119,6 +120,7 @@ class SOC(RVOSMetaArch):
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "size_divisibility": soc.SIZE_DIVISIBILITY or max(backbone.size_divisibility, coarsest),
             "test_window": cfg.TEST.WINDOW,
+            "propagation": build_test_propagation(cfg),
         }
 
     def predict(
