@@ -15,9 +15,8 @@ def add_soc_config(cfg: CfgNode) -> None:
     cfg.MODEL.SOC = CfgNode()
     # multi-modal fusion streams: "both", "l2v" (language to vision), "v2l" or "none" (Table 4)
     cfg.MODEL.SOC.FUSION = "both"
-    cfg.MODEL.SOC.VOC = (
-        CfgNode()
-    )  # video-level object cluster (Nv = MODEL.QUERY_DECODER.NUM_QUERIES)
+    # video-level object cluster (Nv = MODEL.QUERY_DECODER.NUM_QUERIES video queries)
+    cfg.MODEL.SOC.VOC = CfgNode()
     cfg.MODEL.SOC.VOC.ENABLED = True  # off: the heads read the frame queries alone (Table 3)
     cfg.MODEL.SOC.VOC.ENC_LAYERS = 3  # temporal self-attention layers over the T x Nq queries
     cfg.MODEL.SOC.VOC.DEC_LAYERS = 3  # object grouping decoder layers
@@ -28,7 +27,7 @@ def add_soc_config(cfg: CfgNode) -> None:
     # (its eval forward keeps the first level), -1 is the last layer
     cfg.MODEL.SOC.TEST_LEVEL = 0
     # frames are padded to a multiple of this; 0: of the coarsest backbone stride; 1: only to
-    # the batch's largest frame (the released code; training needs multiples of the mask stride)
+    # the batch's largest frame (the released code)
     cfg.MODEL.SOC.SIZE_DIVISIBILITY = 0
     # loss weights as released (the paper's Sec. 4.2 lists Dice 2 / focal 5, the code 5 / 2)
     cfg.MODEL.SOC.CLASS_WEIGHT = 2.0  # referred-or-not sigmoid focal loss
