@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -98,7 +98,19 @@ def is_referformer_checkpoint(weights: dict[str, Tensor]) -> bool:
 
 def convert_referformer(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """Official ReferFormer state dict -> rvos_d2 ReferFormer state dict (see module doc)."""
-    convert_backbone = _backbone_converter(weights)
+    return rename_official(weights, "ReferFormer", _backbone_converter(weights), _convert_head)
+
+
+def rename_official(
+    weights: dict[str, Tensor],
+    method: str,
+    convert_backbone: Callable[[str], str | None],
+    convert_head: Callable[[str], str | None],
+) -> dict[str, Tensor]:
+    """Renames an official Deformable-DETR-style state dict (ReferFormer's layout, shared by
+    SOC): index buffers dropped, the decoder's alias of the box heads folded into `bbox_embed`,
+    backbone keys through `convert_backbone`, the text model kept, the rest through
+    `convert_head`. A key without a new name, or two keys with one, is an UnmappedKeyError."""
     out: dict[str, Tensor] = {}
     for key, value in weights.items():
         if key.endswith(DROPPED_SUFFIXES):
@@ -112,25 +124,33 @@ def convert_referformer(weights: dict[str, Tensor]) -> dict[str, Tensor]:
         elif key.startswith(TEXT_MODEL):
             new = TEXT_MODEL_TARGET + key[len(TEXT_MODEL) :]
         else:
-            new = _convert_head(key)
+            new = convert_head(key)
         if new is None:
-            raise UnmappedKeyError(f"official ReferFormer key {key!r} has no rvos_d2 name")
+            raise UnmappedKeyError(f"official {method} key {key!r} has no rvos_d2 name")
         if new in out:
-            raise UnmappedKeyError(f"official ReferFormer key {key!r}: {new!r} given twice")
+            raise UnmappedKeyError(f"official {method} key {key!r}: {new!r} given twice")
         out[new] = value
     return out
+
+
+def input_proj_key(key: str) -> str | None:
+    """The rvos_d2 name of an official `input_proj.<level>.<0|1>.*` key (None for others)."""
+    match = re.fullmatch(r"input_proj\.(\d+)\.([01])\.(weight|bias)", key)
+    if match is None:
+        return None
+    level, part, name = int(match.group(1)), match.group(2), match.group(3)
+    if level < TRANSFORMER_BACKBONE_LEVELS:
+        return f"{INPUT_PROJ_LATERAL}.{level}.{part}.{name}"
+    return f"{INPUT_PROJ_EXTRA}.{level - TRANSFORMER_BACKBONE_LEVELS}.{part}.{name}"
 
 
 def _convert_head(key: str) -> str | None:
     for pattern, replacement in HEAD_RULES:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, replacement, key)
-    match = re.fullmatch(r"input_proj\.(\d+)\.([01])\.(weight|bias)", key)
-    if match:
-        level, part, name = int(match.group(1)), match.group(2), match.group(3)
-        if level < TRANSFORMER_BACKBONE_LEVELS:
-            return f"{INPUT_PROJ_LATERAL}.{level}.{part}.{name}"
-        return f"{INPUT_PROJ_EXTRA}.{level - TRANSFORMER_BACKBONE_LEVELS}.{part}.{name}"
+    projected = input_proj_key(key)
+    if projected is not None:
+        return projected
     match = re.fullmatch(r"pixel_decoder\.(adapter|layer|cross_attn)_(\d)\.(.+)", key)
     if match:
         part, k, rest = match.groups()

@@ -21,17 +21,14 @@ from torch import Tensor
 from rvos_d2.modeling.converters.referformer import (
     BACKBONE,
     DECODER_BOX_ALIAS,
-    DROPPED_SUFFIXES,
-    TEXT_MODEL,
-    UnmappedKeyError,
+    input_proj_key,
+    rename_official,
     rule_state_dict,
 )
 from rvos_d2.modeling.converters.referformer import _swin_key as swin_key
 
 __all__ = ["convert_soc", "is_soc_checkpoint", "soc_rule_state_dict"]
 
-TEXT_MODEL_TARGET = "text_encoder.language_model."
-TRANSFORMER_BACKBONE_LEVELS = 3  # input_proj 0..2 project backbone maps, later ones stride
 VOC = "object_cluster."
 VL = "vl_encoder."
 QD = "query_decoder."
@@ -101,38 +98,16 @@ def is_soc_checkpoint(weights: dict[str, Tensor]) -> bool:
 
 def convert_soc(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """Official SOC state dict -> rvos_d2 SOC state dict (see module doc)."""
-    out: dict[str, Tensor] = {}
-    for key, value in weights.items():
-        if key.endswith(DROPPED_SUFFIXES):
-            continue
-        if key.startswith(DECODER_BOX_ALIAS):
-            if "bbox_embed." + key[len(DECODER_BOX_ALIAS) :] in weights:
-                continue
-            key = "bbox_embed." + key[len(DECODER_BOX_ALIAS) :]
-        if key.startswith(BACKBONE):
-            new = swin_key(key[len(BACKBONE) :])
-        elif key.startswith(TEXT_MODEL):
-            new = TEXT_MODEL_TARGET + key[len(TEXT_MODEL) :]
-        else:
-            new = _convert_head(key)
-        if new is None:
-            raise UnmappedKeyError(f"official SOC key {key!r} has no rvos_d2 name")
-        if new in out:
-            raise UnmappedKeyError(f"official SOC key {key!r}: {new!r} given twice")
-        out[new] = value
-    return out
+    return rename_official(weights, "SOC", swin_key, _convert_head)
 
 
 def _convert_head(key: str) -> str | None:
     for pattern, replacement in HEAD_RULES:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, replacement, key)
-    match = re.fullmatch(r"input_proj\.(\d+)\.([01])\.(weight|bias)", key)
-    if match:
-        level, part, name = int(match.group(1)), match.group(2), match.group(3)
-        if level < TRANSFORMER_BACKBONE_LEVELS:
-            return f"{VL}input_proj.lateral.{level}.{part}.{name}"
-        return f"{VL}input_proj.extra.{level - TRANSFORMER_BACKBONE_LEVELS}.{part}.{name}"
+    projected = input_proj_key(key)
+    if projected is not None:
+        return projected
     match = re.fullmatch(r"spatial_decoder\.(lay|gn)(\d)\.(weight|bias)", key)
     if match and int(match.group(2)) in SPATIAL_LAYERS:
         norm = ".norm" if match.group(1) == "gn" else ""
