@@ -16,12 +16,13 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
 import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 import)
+from rvos_d2.layers.gpu_check import time_ms
 from rvos_d2.utils.cli import run_cli
 
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict], Callable | None]] = {}
@@ -39,22 +40,6 @@ def benchmark(
         return fn
 
     return register
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of `fn` in milliseconds, synchronising the device around each call."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 # ReferFormer with a ResNet-50: a 5-frame 360 x 640 clip, strides 8 / 16 / 32 / 64 (the last an
@@ -151,17 +136,12 @@ def _peak_rss_growth_mb(fn: Callable[[], object]) -> float | None:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-
-        def status_kb(key: str) -> int:
-            with open("/proc/self/status") as f:
-                line = next(x for x in f if x.startswith(key))
-            return int(line.split()[1])
-
-        before = status_kb("VmRSS:")
-        fn()
-        return (status_kb("VmHWM:") - before) / 1024
-    except (OSError, StopIteration):
+    except OSError:
         return None
+    before = _status_mib("VmRSS:")
+    fn()
+    after = _status_mib("VmHWM:")
+    return None if before is None or after is None else after - before
 
 
 def _configure_tracklet_nms(parser: argparse.ArgumentParser) -> None:
@@ -264,10 +244,30 @@ def _configure_propagation(parser: argparse.ArgumentParser) -> None:
 
 def _rss_bytes() -> int:
     """Current resident set size of this process (Linux /proc)."""
-    import os
+    return int(_status_mib("VmRSS:") * 2**20)
 
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def _consume_measuring_memory(items: Iterable, device: torch.device) -> dict:
+    """Consumes a stream of per-frame outputs: frames, frames per second, peak resident memory
+    (sampled every 10 frames) and its growth over the start, and the CUDA peak allocation."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    base = peak = _rss_bytes()
+    start = time.perf_counter()
+    count = 0
+    for count, _ in enumerate(items, start=1):
+        if count % 10 == 0:
+            peak = max(peak, _rss_bytes())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = max(peak, _rss_bytes())
+    run = {"frames": count, "fps": count / seconds, "seconds": seconds}
+    run.update(peak_rss_mib=peak / 2**20, peak_rss_growth_mib=(peak - base) / 2**20)
+    if device.type == "cuda":
+        run["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return run
 
 
 @benchmark(
@@ -316,24 +316,8 @@ def bench_propagation(args: argparse.Namespace) -> dict:
     result.update(config=str(config), size=[height, width], objects=args.objects)
     result.update(max_memory_frames=args.max_memory_frames, mem_every=p.MEM_EVERY, runs={})
     for n in (int(x) for x in args.frames.split(",")):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        base_rss = peak_rss = _rss_bytes()
-        start = time.perf_counter()
-        for t, _, _ in propagator.stream(frames(n), 0, masks):
-            if device.type == "cpu" and t % 10 == 0:
-                peak_rss = max(peak_rss, _rss_bytes())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        run = {"fps": n / seconds, "seconds": seconds}
+        run = _consume_measuring_memory(propagator.stream(frames(n), 0, masks), device)
         run["memory_frames_at_end"] = len(propagator.memory_banks["forward"].entries)
-        if device.type == "cuda":
-            run["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        else:
-            run["peak_rss_mib"] = max(peak_rss, _rss_bytes()) / 2**20
-            run["peak_rss_growth_mib"] = (max(peak_rss, _rss_bytes()) - base_rss) / 2**20
         result["runs"][str(n)] = run
     return result
 
@@ -380,22 +364,8 @@ def bench_long_video(args: argparse.Namespace) -> dict:
     result = {"benchmark": "long_video", "device": str(device), "config": config}
     result.update(size=[height, width], window=cfg.TEST.WINDOW, runs={})
     for n in (int(x) for x in args.frames.split(",")):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        base_rss = peak_rss = _rss_bytes()
-        start = time.perf_counter()
-        count = 0
-        for count, _ in enumerate(predictor.stream(frames(n), "the red square", (height, width))):
-            if count % 10 == 0:
-                peak_rss = max(peak_rss, _rss_bytes())
-        seconds = time.perf_counter() - start
-        run = {"frames": count + 1, "fps": (count + 1) / seconds, "seconds": seconds}
-        if device.type == "cuda":
-            run["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        run["peak_rss_mib"] = max(peak_rss, _rss_bytes()) / 2**20
-        run["peak_rss_growth_mib"] = (max(peak_rss, _rss_bytes()) - base_rss) / 2**20
-        result["runs"][str(n)] = run
+        outputs = predictor.stream(frames(n), "the red square", (height, width))
+        result["runs"][str(n)] = _consume_measuring_memory(outputs, device)
     return result
 
 
