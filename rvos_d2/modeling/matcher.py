@@ -25,6 +25,12 @@ class MatchCostWeights:
     dice: float
     focal: float
 
+    @classmethod
+    def from_config(cls, node) -> MatchCostWeights:
+        """From a method's MATCHER config node (CLASS_COST, L1_COST, GIOU_COST, DICE_COST,
+        MASK_COST)."""
+        return cls(node.CLASS_COST, node.L1_COST, node.GIOU_COST, node.DICE_COST, node.MASK_COST)
+
 
 class SequenceMatcher:
     """Matches the N query slots of each clip to its target sequence(s).

@@ -42,6 +42,14 @@ class TextFeatures:
     word_mask: Tensor  # B x L bool, True = padding (PyTorch key_padding_mask convention)
     sentence_feat: Tensor  # B x out_dim
 
+    def per_frame(self, num_frames: int) -> TextFeatures:
+        """Each expression repeated for the `num_frames` frames of its clip (B*T rows)."""
+        return TextFeatures(
+            self.word_feats.repeat_interleave(num_frames, 0),
+            self.word_mask.repeat_interleave(num_frames, 0),
+            self.sentence_feat.repeat_interleave(num_frames, 0),
+        )
+
 
 def resolve_model_path(name: str) -> tuple[str, bool]:
     """Maps MODEL.TEXT_ENCODER.NAME to (transformers name or path, local files only)."""

@@ -34,7 +34,7 @@ from torchvision.ops import box_convert
 from rvos_d2.modeling.losses import downsample_masks
 from rvos_d2.modeling.propagation.postprocess import MaskPropagation
 from rvos_d2.modeling.text_encoder import TextFeatures
-from rvos_d2.modeling.utils import masks_to_original
+from rvos_d2.modeling.utils import masks_to_original, padding_mask
 
 from detectron2.modeling import Backbone
 from detectron2.structures import ImageList
@@ -103,6 +103,18 @@ class RVOSMetaArch(nn.Module):
         mean, std = self.pixel_mean, self.pixel_std
         frames = [(f.to(self.device).float() - mean) / std for v in videos for f in v]
         return ImageList.from_tensors(frames, self.size_divisibility)
+
+    def frame_features(
+        self, images: ImageList, num_frames: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Backbone maps of the padded frames, their F x H x W padding mask (True = padding) and
+        their F x 2 unpadded sizes; a video backbone sees the frames as clips of `num_frames`."""
+        x = images.tensor
+        sizes = torch.tensor(images.image_sizes, device=x.device)  # F x 2 (h, w)
+        padding = padding_mask(x, sizes)
+        if getattr(self.backbone, "is_video", False):
+            x = x.unflatten(0, (-1, num_frames))
+        return self.backbone(x), padding, sizes
 
     def prepare_targets(self, batched_inputs, images: ImageList) -> list[dict[str, torch.Tensor]]:
         """Per video: valid 1 x T, boxes 1 x T x 4 (cxcywh, normalised), masks 1 x T x h x w

@@ -19,7 +19,7 @@ from rvos_d2.modeling.meta_arch.base import RVOSMetaArch
 from rvos_d2.modeling.propagation.postprocess import build_test_propagation
 from rvos_d2.modeling.query_decoder import build_query_decoder
 from rvos_d2.modeling.text_encoder import TextFeatures, build_text_encoder
-from rvos_d2.modeling.utils import padding_mask, resize_mask
+from rvos_d2.modeling.utils import resize_mask
 from rvos_d2.modeling.vl_encoder import build_vl_encoder, memory_maps
 
 from detectron2.config import CfgNode, configurable
@@ -86,13 +86,7 @@ class ReferFormer(RVOSMetaArch):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         rf = cfg.MODEL.REFERFORMER
-        costs = MatchCostWeights(
-            cls=rf.MATCHER.CLASS_COST,
-            l1=rf.MATCHER.L1_COST,
-            giou=rf.MATCHER.GIOU_COST,
-            dice=rf.MATCHER.DICE_COST,
-            focal=rf.MATCHER.MASK_COST,
-        )
+        costs = MatchCostWeights.from_config(rf.MATCHER)
         weights = {
             "loss_cls": rf.CLASS_WEIGHT,
             "loss_bbox": rf.L1_WEIGHT,
@@ -137,17 +131,11 @@ class ReferFormer(RVOSMetaArch):
     ) -> dict[str, Any]:
         """Per-frame predictions of len(images) / num_frames videos (layout: SequenceMatcher);
         with `all_layers`, earlier decoder layers go to "aux_outputs"."""
-        x = images.tensor
-        sizes = torch.tensor(images.image_sizes, device=x.device)  # F x 2 (h, w)
-        padding = padding_mask(x, sizes)
-        if getattr(self.backbone, "is_video", False):
-            x = x.unflatten(0, (-1, num_frames))
-        features = self.backbone(x)
-
-        words = text.word_feats.repeat_interleave(num_frames, 0)
-        word_mask = text.word_mask.repeat_interleave(num_frames, 0)
+        features, padding, sizes = self.frame_features(images, num_frames)
+        frame_text = text.per_frame(num_frames)
+        words, word_mask = frame_text.word_feats, frame_text.word_mask
         enc = self.vl_encoder(features, padding, words, word_mask)
-        sentence = text.sentence_feat.repeat_interleave(num_frames, 0)
+        sentence = frame_text.sentence_feat
         dec = self.query_decoder(enc, sentence, words, word_mask)
 
         finest = features[self.mask_branch.in_feature]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from rvos_d2.modeling.criterion import SetCriterion
@@ -24,7 +23,7 @@ from rvos_d2.modeling.query_decoder import build_query_decoder
 from rvos_d2.modeling.soc import VideoObjectCluster, guidance_embedding
 from rvos_d2.modeling.text_encoder import TextFeatures, build_text_encoder
 from rvos_d2.modeling.transformer import refine_boxes
-from rvos_d2.modeling.utils import padding_mask, resize_mask
+from rvos_d2.modeling.utils import resize_mask
 from rvos_d2.modeling.vl_encoder import build_vl_encoder, memory_maps
 
 from detectron2.config import CfgNode, configurable
@@ -70,13 +69,7 @@ class SOC(RVOSMetaArch):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         soc, t = cfg.MODEL.SOC, cfg.MODEL.DEFORMABLE_TRANSFORMER
-        costs = MatchCostWeights(
-            cls=soc.MATCHER.CLASS_COST,
-            l1=soc.MATCHER.L1_COST,
-            giou=soc.MATCHER.GIOU_COST,
-            dice=soc.MATCHER.DICE_COST,
-            focal=soc.MATCHER.MASK_COST,
-        )
+        costs = MatchCostWeights.from_config(soc.MATCHER)
         weights = {
             "loss_cls": soc.CLASS_WEIGHT,
             "loss_bbox": soc.L1_WEIGHT,
@@ -129,17 +122,11 @@ class SOC(RVOSMetaArch):
         """Per-frame predictions of len(images) / num_frames clips (layout: SequenceMatcher);
         with `all_layers`, earlier decoder levels go to "aux_outputs"; every level carries
         "video_queries" (B x Nv x C, with the cluster) and "text_guidance" (B x C)."""
-        x = images.tensor
-        sizes = torch.tensor(images.image_sizes, device=x.device)  # F x 2 (h, w)
-        padding = padding_mask(x, sizes)
-        if getattr(self.backbone, "is_video", False):
-            x = x.unflatten(0, (-1, num_frames))
-        features = self.backbone(x)
-
-        words = text.word_feats.repeat_interleave(num_frames, 0)
-        word_mask = text.word_mask.repeat_interleave(num_frames, 0)
+        features, padding, sizes = self.frame_features(images, num_frames)
+        frame_text = text.per_frame(num_frames)
+        words, word_mask = frame_text.word_feats, frame_text.word_mask
         enc = self.vl_encoder(features, padding, words, word_mask, num_frames)
-        sentence = text.sentence_feat.repeat_interleave(num_frames, 0)
+        sentence = frame_text.sentence_feat
         dec = self.query_decoder(enc, sentence, words, word_mask)
         hs, video = self._cluster(dec["hs"], text.sentence_feat, num_frames)
 
