@@ -280,7 +280,10 @@ def test_worker_exits_when_its_launcher_is_killed(tmp_path, monkeypatch, parent_
     deadline = time.time() + 5
     while _alive(worker) and time.time() < deadline:
         time.sleep(0.02)
-    assert not _alive(worker), "the worker outlived its launcher"
+    survived = _alive(worker)
+    if survived:
+        os.kill(worker, signal.SIGKILL)
+    assert not survived, "the worker outlived its launcher"
 
 
 LAUNCHER_SCRIPT = """
@@ -314,7 +317,10 @@ def test_launch_workers_exit_when_the_launcher_is_killed(tmp_path):
     deadline = time.time() + 10
     while any(_alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(w) for w in workers)
+    survivors = [w for w in workers if _alive(w)]
+    for worker in survivors:
+        os.kill(worker, signal.SIGKILL)
+    assert not survivors, "workers outlived their launcher"
 
 
 # ------------------------------------------------------------------ 5. one-line user errors
