@@ -13,6 +13,7 @@ from rvos_d2.data.vos_config import add_vos_data_config
 from rvos_d2.modeling.backbone.config import add_backbone_config
 from rvos_d2.modeling.mask_branch import add_mask_branch_config
 from rvos_d2.modeling.meta_arch.referformer import add_referformer_config
+from rvos_d2.modeling.mlrl.config import add_mlrl_config
 from rvos_d2.modeling.propagation.config import add_propagation_config
 from rvos_d2.modeling.propagation.postprocess import add_test_propagation_config
 from rvos_d2.modeling.query_decoder import add_query_decoder_config
@@ -75,6 +76,7 @@ def add_rvos_config(cfg: CN) -> None:
     add_mask_branch_config(cfg)
     add_referformer_config(cfg)
     add_soc_config(cfg)
+    add_mlrl_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
     add_checkpoint_config(cfg)

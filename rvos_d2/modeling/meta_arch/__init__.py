@@ -1,7 +1,8 @@
 """Meta-architectures registered in detectron2's META_ARCH_REGISTRY."""
 
+from rvos_d2.modeling.meta_arch.mlrl import MLRL
 from rvos_d2.modeling.meta_arch.referformer import ReferFormer
 from rvos_d2.modeling.meta_arch.soc import SOC
 from rvos_d2.modeling.meta_arch.topdown import TopDownRVOS
 
-__all__ = ["SOC", "ReferFormer", "TopDownRVOS"]
+__all__ = ["MLRL", "SOC", "ReferFormer", "TopDownRVOS"]

@@ -1,0 +1,1 @@
+"""Parts of MLRL (Wu et al., multi-level representation learning with semantic alignment)."""
