@@ -21,6 +21,7 @@ from rvos_d2.modeling.soc.config import add_soc_config
 from rvos_d2.modeling.text_encoder import add_text_encoder_config
 from rvos_d2.modeling.topdown_config import add_topdown_config
 from rvos_d2.modeling.transformer import add_deformable_transformer_config
+from rvos_d2.modeling.urvos.config import add_urvos_config
 from rvos_d2.modeling.vl_encoder import add_vl_encoder_config
 
 from detectron2.config import CfgNode as CN
@@ -77,6 +78,7 @@ def add_rvos_config(cfg: CN) -> None:
     add_referformer_config(cfg)
     add_soc_config(cfg)
     add_mlrl_config(cfg)
+    add_urvos_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
     add_checkpoint_config(cfg)

@@ -4,5 +4,6 @@ from rvos_d2.modeling.meta_arch.mlrl import MLRL
 from rvos_d2.modeling.meta_arch.referformer import ReferFormer
 from rvos_d2.modeling.meta_arch.soc import SOC
 from rvos_d2.modeling.meta_arch.topdown import TopDownRVOS
+from rvos_d2.modeling.meta_arch.urvos import URVOS
 
-__all__ = ["MLRL", "SOC", "ReferFormer", "TopDownRVOS"]
+__all__ = ["MLRL", "SOC", "ReferFormer", "TopDownRVOS", "URVOS"]
