@@ -109,6 +109,28 @@ def test_scores_are_the_confidence_head(mlrl_cfg):
     torch.testing.assert_close(out["scores"], pred["pred_logits"][0, :, 0].sigmoid())
 
 
+def test_stcn_post_processing_starts_from_the_most_confident_frame(mlrl_cfg):
+    small_stcn = [
+        "MODEL.PROPAGATION.KEY_ENCODER_DEPTH", "18",
+        "MODEL.PROPAGATION.ENCODER_WIDTH", "16",
+        "MODEL.PROPAGATION.KEY_DIM", "16",
+        "MODEL.PROPAGATION.VALUE_DIM", "64",
+        "MODEL.PROPAGATION.DECODER_DIM", "32",
+    ]  # fmt: skip
+    mlrl_cfg.merge_from_list([*small_stcn, "TEST.PROPAGATION.NAME", "stcn"])
+    torch.manual_seed(0)
+    model = build_model(mlrl_cfg).eval()
+    video = {**make_clip(4, 40, 56), "height": 40, "width": 56}
+    with torch.no_grad():
+        propagated = model([video])[0]
+        model.propagation = None
+        own = model([video])[0]
+    best = int(own["scores"].argmax())
+    torch.testing.assert_close(propagated["pred_masks"][best], own["pred_masks"][best])
+    torch.testing.assert_close(propagated["scores"], own["scores"])
+    assert not torch.allclose(propagated["pred_masks"], own["pred_masks"])
+
+
 def _jf(model, inputs, dataset_dicts):
     """Mean J&F of the model's masks against the GT of each clip's frames."""
     model.eval()
