@@ -66,9 +66,14 @@ class MLRL(RVOSMetaArch):
             or set(embeddings) != set(languages)
             or set(embeddings) != set(alignments)
         ):
-            raise ValueError("MLRL needs the same non-empty granularities in every part")
+            raise ValueError(
+                "MLRL: embeddings, languages and alignments need the same non-empty "
+                f"granularities, got {list(embeddings)}, {list(languages)}, {list(alignments)}"
+            )
         if ("object" in embeddings) != (object_decoder is not None):
-            raise ValueError("MLRL: the object level needs an object decoder, and only it")
+            raise ValueError(
+                "MLRL: object_decoder must be given exactly when embeddings has an 'object' level"
+            )
         self.input_proj, self.embeddings = input_proj, embeddings
         self.languages, self.alignments = languages, alignments
         self.object_decoder = object_decoder

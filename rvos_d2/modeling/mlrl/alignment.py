@@ -53,8 +53,10 @@ class SemanticAlignment(nn.Module):
         """POS^V, (B*T) x d x h x w: the (y, x) encoding, plus the t encoding if `temporal`."""
         pos = self.position(x, padding)
         if self.temporal:
-            frames = torch.zeros(x.shape[0] // num_frames, num_frames, dtype=torch.bool)
-            time = sine_text_position(frames.to(x.device), x.shape[1])  # B x T x d
+            frames = torch.zeros(
+                x.shape[0] // num_frames, num_frames, dtype=torch.bool, device=x.device
+            )
+            time = sine_text_position(frames, x.shape[1])  # B x T x d
             pos = pos + time.flatten(0, 1)[..., None, None].to(pos.dtype)
         return pos
 
