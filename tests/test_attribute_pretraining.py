@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from rvos_d2.config import load_config
-from rvos_d2.data.datasets.synthetic import generate_split
+from rvos_d2.data.prepare.synthetic import generate_split
 from rvos_d2.engine import RVOSCheckpointer
 from rvos_d2.engine.attribute_pretraining import (
     DenseAttributeHead,

@@ -131,8 +131,9 @@ def test_main_job_prints_metrics_json_last(synth_root, tmp_path, monkeypatch, ca
     assert job.main(args) == 0
     assert backbone.exists()  # pretrained first, since it was missing
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) == {"rvos_synth_valid", "rvos_synth_valid_motion", "seconds"}
-    for split in ("rvos_synth_valid", "rvos_synth_valid_motion"):
+    splits = ("rvos_synth_valid", "rvos_synth_valid_motion", "rvos_synth_valid_unseen_phrasing")
+    assert set(summary) == {*splits, "seconds"}
+    for split in splits:
         assert set(summary[split]) == {"J", "F", "JF"}
         assert all(0.0 <= v <= 1.0 for v in summary[split].values())
         assert summary[split]["JF"] == pytest.approx(

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rvos_d2.data.datasets.ref_davis import read_expression_file
 from rvos_d2.data.datasets.ref_ytvos import load_ref_ytvos
 from rvos_d2.data.mask_io import load_target_mask
+from rvos_d2.data.prepare.davis import read_expression_file
 from tests.fixtures.real_formats import DAVIS_FRAMES, DAVIS_SIZE, DAVIS_VIDEOS, write_davis_release
 
 from detectron2.data import DatasetCatalog, MetadataCatalog

@@ -8,28 +8,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rvos_d2.data.datasets.synthetic import (
+from rvos_d2.data.datasets.synthetic import register_synthetic
+from rvos_d2.data.mask_io import load_target_mask
+from rvos_d2.data.prepare.synthetic import (
     COLOURS,
-    SHAPES,
     SIZES,
     ExpressionSpec,
     SynthObject,
     generate_dataset,
-    register_synthetic,
     resolve,
 )
-from rvos_d2.data.mask_io import load_target_mask
+from rvos_d2.data.prepare.synthetic_language import (
+    COLOUR_WORDS,
+    HELD_OUT_WORDS,
+    SHAPE_WORDS,
+    SIZE_WORDS,
+    words_of,
+)
 from tests.fixtures.synthetic import SYNTH_TEST_FRAMES, SYNTH_TEST_SIZE, SYNTH_TEST_SIZES
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 SPLITS = tuple(SYNTH_TEST_SIZES)
 MOTION_WORDS = {
-    "left": r"(moving|moves to the) left",
-    "right": r"(moving|moves to the) right",
-    "up": r"(moving|going) up",
-    "down": r"(moving|going) down",
-    "still": r"not moving|the still ",
+    "left": r"\bleft\b",
+    "right": r"\bright\b",
+    "up": r"\b(up|upwards|rises)\b",
+    "down": r"\b(down|downwards|sinks)\b",
+    "still": r"\b(not moving|still|motionless|stays in place)\b",
 }
 
 
@@ -107,11 +113,15 @@ def _check_motion(present: np.ndarray, motion: str, size: str, where) -> None:
 
 
 def _parse(text: str) -> dict[str, str]:
-    """Attributes named in an expression's words (an independent reading of the text)."""
-    words = set(re.findall(r"[a-z]+", text))
+    """Attributes named in an expression (each synonym read back to its attribute value)."""
     found = {}
-    for name, vocabulary in (("size", SIZES), ("colour", COLOURS), ("category", SHAPES)):
-        hits = words & set(vocabulary)
+    for name, table in (("size", SIZE_WORDS), ("colour", COLOUR_WORDS), ("category", SHAPE_WORDS)):
+        hits = {
+            value
+            for value, wording in table.items()
+            for word in wording.train + wording.held_out
+            if re.search(rf"\b{word}\b", text)
+        }
         assert len(hits) <= 1, text
         if hits:
             found[name] = hits.pop()
@@ -264,3 +274,61 @@ def test_make_synthetic_cli(tmp_path, capsys):
         main(args)  # refuses to overwrite without --overwrite
     with pytest.raises(SystemExit):
         main(["--output", str(out), "--size", "16"])
+
+
+def test_unseen_phrasing_rewords_the_valid_videos_with_held_out_wordings(synth_root):
+    valid, valid_meta = _read(synth_root, "valid")
+    unseen, unseen_meta = _read(synth_root, "valid_unseen_phrasing")
+    assert len(unseen) == len(valid)
+    for (v_id, v_entry), (u_id, u_entry) in zip(sorted(valid.items()), sorted(unseen.items())):
+        assert valid_meta[v_id] == unseen_meta[u_id]
+        for frame in v_entry["frames"]:
+            for folder, ext in (("Annotations", "png"), ("JPEGImages", "jpg")):
+                a = synth_root / "valid" / folder / v_id / f"{frame}.{ext}"
+                b = synth_root / "valid_unseen_phrasing" / folder / u_id / f"{frame}.{ext}"
+                assert a.read_bytes() == b.read_bytes()
+        targets = [(e["obj_id"], e["type"]) for e in v_entry["expressions"].values()]
+        assert targets == [(e["obj_id"], e["type"]) for e in u_entry["expressions"].values()]
+        for exp in u_entry["expressions"].values():
+            assert words_of(exp["exp"]) & HELD_OUT_WORDS, exp
+
+
+def test_no_training_expression_uses_a_held_out_word(synth_root):
+    assert HELD_OUT_WORDS
+    for split in ("train", "valid", "valid_motion"):
+        exps, _ = _read(synth_root, split)
+        for entry in exps.values():
+            for exp in entry["expressions"].values():
+                assert not words_of(exp["exp"]) & HELD_OUT_WORDS, exp
+
+
+def test_every_held_out_wording_is_recognisable():
+    from rvos_d2.data.prepare import synthetic_language as language
+
+    for wording in language.all_wordings():
+        for text in wording.held_out:
+            assert words_of(text) & HELD_OUT_WORDS, text
+
+
+def test_the_grammar_draws_several_forms_for_one_spec():
+    from rvos_d2.data.prepare.synthetic_language import phrase
+
+    rng = np.random.default_rng(0)
+    attributes = (("size", "small"), ("colour", "red"), ("shape", "circle"))
+    texts = {phrase(attributes, "appearance", rng) for _ in range(200)}
+    assert "the small red circle" in texts and len(texts) > 10
+    assert any(t.startswith("segment ") for t in texts)
+    assert any(" that is " in t for t in texts)
+    assert all(not words_of(t) & HELD_OUT_WORDS for t in texts)
+
+
+def test_importing_rvos_d2_does_not_load_the_data_preparation_modules():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rvos_d2, rvos_d2.data; "
+        "print([m for m in sys.modules if m.startswith('rvos_d2.data.prepare')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

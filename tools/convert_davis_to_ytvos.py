@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from rvos_d2.data.datasets.ref_davis import convert_davis_to_ytvos
+from rvos_d2.data.prepare.davis import convert_davis_to_ytvos
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:

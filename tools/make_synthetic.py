@@ -3,8 +3,8 @@
 
     python tools/make_synthetic.py --output datasets/rvos_synth
 
-The output is registered as rvos_synth_{train,valid,valid_motion} when it sits at
-$DETECTRON2_DATASETS/rvos_synth. The same seed and options always give the same files.
+The output is registered as rvos_synth_{train,valid,valid_motion,valid_unseen_phrasing} when it
+sits at $DETECTRON2_DATASETS/rvos_synth. The same seed and options always give the same files.
 """
 
 import argparse
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 submodule)
-from rvos_d2.data.datasets.synthetic import EXPRESSION_TYPES, generate_dataset
+from rvos_d2.data.prepare.synthetic import EXPRESSION_TYPES, generate_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         "train": args.num_train,
         "valid": args.num_valid,
         "valid_motion": args.num_valid_motion,
+        "valid_unseen_phrasing": args.num_valid,  # the valid videos, reworded
     }
     height, width = args.size
     start = time.perf_counter()

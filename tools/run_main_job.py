@@ -6,7 +6,8 @@ pretrains the backbone named by MODEL.WEIGHTS when that file is absent (tools/pr
 on the training videos' object attributes), trains configs/Synthetic/ReferFormer-tiny.yaml on the
 CPU (resuming an interrupted run), evaluates the valid splits, writes an overlay video of one
 validation video, and prints as its last line one JSON object:
-{"rvos_synth_valid": {"J", "F", "JF"}, "rvos_synth_valid_motion": {...}, "seconds"}.
+{"rvos_synth_valid": {"J", "F", "JF"}, "rvos_synth_valid_motion": {...},
+"rvos_synth_valid_unseen_phrasing": {...}, "seconds"}.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from detectron2.engine import default_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "Synthetic" / "ReferFormer-tiny.yaml"
-SPLITS = ("rvos_synth_valid", "rvos_synth_valid_motion")
+SPLITS = ("rvos_synth_valid", "rvos_synth_valid_motion", "rvos_synth_valid_unseen_phrasing")
 PRETRAIN_ATTRIBUTES = "category,colour,size,motion"  # object fields of the synthetic meta.json
 
 
