@@ -5,7 +5,7 @@ export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test test-all lint demo synthetic benchmark clean
+.PHONY: setup test test-all lint demo synthetic benchmark leaderboard clean
 
 setup:
 	@bash tools/install_env.sh
@@ -28,6 +28,10 @@ demo: setup
 
 benchmark: setup
 	$(PY) tools/benchmark.py all
+
+# trains and ranks every method's synthetic config (about an hour on 2 CPU cores)
+leaderboard: setup
+	$(PY) tools/leaderboard.py
 
 clean:
 	rm -rf build rvos_d2/_C*.so output
