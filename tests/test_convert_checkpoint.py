@@ -202,3 +202,12 @@ def test_unknown_and_unsafe_files_fail_clearly(tmp_path):
         convert_checkpoint.main([str(unsafe), str(tmp_path / "out.pth")])
     with pytest.raises(SystemExit):
         convert_checkpoint.main([str(already), str(tmp_path / "out.pkl")])
+
+
+def test_formats_are_registered_and_an_unknown_one_lists_them():
+    from rvos_d2.modeling.converters import CHECKPOINT_FORMAT_REGISTRY
+
+    names = set(CHECKPOINT_FORMAT_REGISTRY.names())
+    assert {"resnet", "swin", "video_swin", "stcn", "soc", "referformer"} <= names
+    with pytest.raises(convert_checkpoint.CheckpointFormatError, match="referformer.*resnet"):
+        convert_checkpoint.convert({"conv1.weight": torch.zeros(1)}, "nope")

@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,8 +25,18 @@ import torch
 import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 import)
 from rvos_d2.layers.gpu_check import time_ms
 from rvos_d2.utils.cli import run_cli
+from rvos_d2.utils.registry import NamedRegistry
 
-BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict], Callable | None]] = {}
+BENCHMARK_REGISTRY = NamedRegistry("BENCHMARK")
+BENCHMARK_REGISTRY.__doc__ = "The benchmarks, by subcommand name."
+
+
+class Benchmark(NamedTuple):
+    """A subcommand: its help, the function measuring (JSON-ready dict out) and its options."""
+
+    help_text: str
+    run: Callable[[argparse.Namespace], dict]
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 def benchmark(
@@ -36,7 +47,7 @@ def benchmark(
     """Registers a benchmark function under a subcommand name."""
 
     def register(fn: Callable[[argparse.Namespace], dict]):
-        BENCHMARKS[name] = (help_text, fn, configure)
+        BENCHMARK_REGISTRY.register_as(name)(Benchmark(help_text, fn, configure))
         return fn
 
     return register
@@ -599,10 +610,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     subparsers.add_parser("all", parents=[shared], help="run every benchmark")
-    for name, (help_text, _, configure) in BENCHMARKS.items():
-        sub = subparsers.add_parser(name, parents=[shared], help=help_text)
-        if configure is not None:
-            configure(sub)
+    for name, bench in BENCHMARK_REGISTRY:
+        sub = subparsers.add_parser(name, parents=[shared], help=bench.help_text)
+        if bench.configure is not None:
+            bench.configure(sub)
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 20
@@ -610,16 +621,16 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup = 1 if args.quick else 5
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
-    names = list(BENCHMARKS) if args.command == "all" else [args.command]
+    names = [n for n, _ in BENCHMARK_REGISTRY] if args.command == "all" else [args.command]
     for name in names:
-        _, fn, configure = BENCHMARKS[name]
-        if args.command == "all" and configure is not None:
+        bench = BENCHMARK_REGISTRY.get(name)
+        if args.command == "all" and bench.configure is not None:
             # Subcommand-only options take their defaults.
             defaults = argparse.ArgumentParser(add_help=False)
-            configure(defaults)
+            bench.configure(defaults)
             for key, value in vars(defaults.parse_args([])).items():
                 setattr(args, key, value)
-        print(json.dumps(fn(args)), flush=True)
+        print(json.dumps(bench.run(args)), flush=True)
 
 
 if __name__ == "__main__":

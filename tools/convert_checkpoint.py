@@ -29,35 +29,30 @@ Swin buffers relative_position_index / attn_mask (rvos_d2 recomputes them). The 
 final LayerNorm `norm` becomes `norm3` (the res5 output norm); norm0..norm2 of the other returned
 stages do not exist in classification checkpoints and keep their initialisation.
 
-Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth
-       [--format auto|resnet|swin|video_swin|stcn|soc|referformer]
+Each format is a CheckpointFormat in CHECKPOINT_FORMAT_REGISTRY (rvos_d2/modeling/converters).
+
+Usage: tools/convert_checkpoint.py INPUT.pth OUTPUT.pth [--format auto|<registered name>]
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
-import re
 import sys
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from rvos_d2.engine.checkpoint import atomic_write, check_checkpoint_file
-from rvos_d2.modeling.converters.referformer import convert_referformer, is_referformer_checkpoint
-from rvos_d2.modeling.converters.soc import convert_soc, is_soc_checkpoint
-from rvos_d2.modeling.propagation.convert import convert_stcn, is_stcn_state_dict
+from rvos_d2.modeling.converters import (
+    CHECKPOINT_FORMAT_REGISTRY,
+    CheckpointFormatError,
+    detect_format,
+)
 from rvos_d2.utils.cli import exit_with_error, run_cli
 
-FORMATS = ("resnet", "swin", "video_swin", "stcn", "soc", "referformer")
 # where training frameworks nest the weights
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
-SWIN_BUFFERS = ("relative_position_index", "attn_mask")
-
-
-class CheckpointFormatError(ValueError):
-    """The file is not a checkpoint in one of the supported formats."""
 
 
 def load_state_dict(path: str) -> dict[str, Tensor]:
@@ -85,7 +80,7 @@ def load_state_dict(path: str) -> dict[str, Tensor]:
         raise CheckpointFormatError(f"{path}: no tensors found; keys: {sorted(data)[:10]}")
     weights = _strip_prefix(weights, "module.")
     # detection / video models: keep the backbone (full SOC / ReferFormer models are whole)
-    whole = is_soc_checkpoint(weights) or is_referformer_checkpoint(weights)
+    whole = any(spec.whole_model and spec.detect(weights) for _, spec in CHECKPOINT_FORMAT_REGISTRY)
     if not whole and any(k.startswith("backbone.") for k in weights):
         weights = {
             k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")
@@ -99,113 +94,16 @@ def _strip_prefix(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return weights
 
 
-def detect_format(weights: dict[str, Tensor]) -> str:
-    """Names the format of a backbone state dict (see the module docstring)."""
-    if is_stcn_state_dict(weights):
-        return "stcn"
-    if is_soc_checkpoint(weights):
-        return "soc"
-    if is_referformer_checkpoint(weights):
-        return "referformer"
-    if "stem.conv1.weight" in weights or "res2.0.conv1.weight" in weights:
-        raise CheckpointFormatError("already a detectron2 ResNet checkpoint: nothing to convert")
-    if "conv1.weight" in weights and "layer1.0.conv1.weight" in weights:
-        return "resnet"
-    if "conv1.0.weight" in weights and "layer1.0.conv1.weight" in weights:
-        raise CheckpointFormatError(
-            "ResNet with a deep (3-conv) stem, e.g. timm resnet*d: detectron2's ResNet has a "
-            "single 7x7 stem conv; use a plain ResNet checkpoint"
-        )
-    embed = weights.get("patch_embed.proj.weight")
-    if embed is not None and embed.dim() == 4:
-        return "swin"
-    if embed is not None and embed.dim() == 5:
-        return "video_swin"
-    raise CheckpointFormatError(
-        f"unknown checkpoint format (expected one of {FORMATS}); first keys: {sorted(weights)[:8]}"
-    )
-
-
-def convert_resnet(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-    """torchvision/timm ResNet names -> detectron2 ResNet names."""
-    out = {}
-    for key, value in weights.items():
-        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
-            continue
-        new = key
-        if not new.startswith("layer"):
-            new = "stem." + new  # conv1 / bn1 of the stem
-        new = re.sub(r"^layer(\d)", lambda m: f"res{int(m.group(1)) + 1}", new)
-        new = re.sub(r"\bbn(\d)\.", r"conv\1.norm.", new)
-        new = new.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
-        if not re.fullmatch(
-            r"(stem\.conv1|res[2-5]\.\d+\.(conv[1-3]|shortcut))(\.norm)?\."
-            r"(weight|bias|running_mean|running_var)",
-            new,
-        ):
-            raise CheckpointFormatError(f"ResNet checkpoint: unexpected key {key!r}")
-        out[new] = value
-    return out
-
-
-def _convert_swin_common(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Drops heads and recomputed buffers, renames the classifier's final norm to norm3."""
-    if "absolute_pos_embed" in weights:
-        raise CheckpointFormatError(
-            "Swin checkpoint with absolute position embedding (ape): not supported"
-        )
-    out = {}
-    for key, value in weights.items():
-        if key.startswith(("head.", "cls_head.")) or key.endswith(SWIN_BUFFERS):
-            continue
-        if key.startswith("norm."):
-            key = "norm3." + key[len("norm.") :]
-        out[key] = value
-    return out
-
-
-def convert_swin(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Official / timm / detection Swin names -> D2SwinTransformer names."""
-    timm_layout = "layers.0.downsample.reduction.weight" not in weights and any(
-        k.startswith("layers.1.downsample.") for k in weights
-    )
-    out = {}
-    for key, value in _convert_swin_common(weights).items():
-        match = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
-        if timm_layout and match:  # timm merges patches at the start of the next stage
-            key = f"layers.{int(match.group(1)) - 1}.downsample.{match.group(2)}"
-        out[key] = value
-    return out
-
-
-def convert_video_swin(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Video Swin names -> VideoSwinTransformer names; temporal patch size summed down to 1."""
-    out = _convert_swin_common(weights)
-    embed = out["patch_embed.proj.weight"]  # C x 3 x t x 4 x 4
-    out["patch_embed.proj.weight"] = embed.sum(dim=2, keepdim=True)
-    return out
-
-
-CONVERTERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
-    "resnet": convert_resnet,
-    "swin": convert_swin,
-    "video_swin": convert_video_swin,
-    "stcn": convert_stcn,
-    "soc": convert_soc,
-    "referformer": convert_referformer,
-}
-# where the converted weights sit in the model; else backbone.
-PREFIXES = {"stcn": "network.", "soc": "", "referformer": ""}
-
-
 def convert(weights: dict[str, Tensor], fmt: str = "auto") -> tuple[dict[str, object], str]:
     """Returns (detectron2 checkpoint dict, detected format) for a backbone state dict."""
     if fmt == "auto":
         fmt = detect_format(weights)
-    elif fmt not in CONVERTERS:
-        raise CheckpointFormatError(f"--format {fmt!r}: expected auto or one of {FORMATS}")
-    prefix = PREFIXES.get(fmt, "backbone.")
-    model = {prefix + k: v.contiguous() for k, v in CONVERTERS[fmt](weights).items()}
+    elif fmt not in CHECKPOINT_FORMAT_REGISTRY:
+        raise CheckpointFormatError(
+            f"--format {fmt!r}: expected auto or one of {CHECKPOINT_FORMAT_REGISTRY.names()}"
+        )
+    spec = CHECKPOINT_FORMAT_REGISTRY.get(fmt)
+    model = {spec.prefix + k: v.contiguous() for k, v in spec.convert(weights).items()}
     checkpoint = {
         "model": model,
         "__author__": f"rvos_d2 tools/convert_checkpoint.py ({fmt})",
@@ -219,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("input", help="pretrained checkpoint (.pth / .pt / .bin)")
     parser.add_argument("output", help="detectron2 checkpoint to write (.pth)")
-    parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
+    parser.add_argument(
+        "--format", default="auto", choices=("auto", *CHECKPOINT_FORMAT_REGISTRY.names())
+    )
     args = parser.parse_args(argv)
     if not args.output.endswith(".pth"):
         parser.error(f"output {args.output!r}: use a .pth name (detectron2 reads .pkl differently)")

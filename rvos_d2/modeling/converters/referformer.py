@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from rvos_d2.modeling.converters.registry import CHECKPOINT_FORMAT_REGISTRY, CheckpointFormat
+
 __all__ = [
     "UnmappedKeyError",
     "convert_referformer",
@@ -200,3 +202,8 @@ def _swin_key(key: str) -> str | None:
     ):
         return None
     return "backbone." + key
+
+
+CHECKPOINT_FORMAT_REGISTRY.register_as("referformer")(
+    CheckpointFormat(convert_referformer, is_referformer_checkpoint, prefix="", priority=2)
+)

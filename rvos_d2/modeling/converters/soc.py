@@ -26,6 +26,7 @@ from rvos_d2.modeling.converters.referformer import (
     rule_state_dict,
 )
 from rvos_d2.modeling.converters.referformer import _swin_key as swin_key
+from rvos_d2.modeling.converters.registry import CHECKPOINT_FORMAT_REGISTRY, CheckpointFormat
 
 __all__ = ["convert_soc", "is_soc_checkpoint", "soc_rule_state_dict"]
 
@@ -116,3 +117,8 @@ def _convert_head(key: str) -> str | None:
     if match:
         return f"{SPATIAL}adapters.{int(match.group(1)) - 1}.{match.group(2)}"
     return None
+
+
+CHECKPOINT_FORMAT_REGISTRY.register_as("soc")(
+    CheckpointFormat(convert_soc, is_soc_checkpoint, prefix="", priority=1)
+)
