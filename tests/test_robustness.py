@@ -208,6 +208,24 @@ def test_demo_refuses_a_truncated_video(truncated_mp4, tmp_path, capsys):
     assert info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and str(truncated_mp4) in errors[0] and "declares 12" in errors[0]
+    # nothing where a complete result goes; what was segmented is marked incomplete
+    assert not (tmp_path / "out" / "masks").exists()
+    assert not (tmp_path / "out" / "overlay.mp4").exists()
+    assert (tmp_path / "out" / "incomplete").is_dir()
+
+
+def test_demo_with_allow_incomplete_writes_every_decoded_frame(truncated_mp4, tmp_path, caplog):
+    demo = _load_tool("demo")
+    decoded = len(_read_all(truncated_mp4, allow_incomplete=True))
+    argv = ["--config-file", str(TINY_CONFIG), "--video", str(truncated_mp4)]
+    argv += ["--text", "the red circle", "--output", str(tmp_path / "out")]
+    argv += ["--allow-incomplete-video", "--opts", *SMALL, "MODEL.WEIGHTS", ""]
+    with caplog.at_level(logging.WARNING, logger="rvos_d2.utils.video_io"):
+        assert demo.main(argv) == 0
+    assert "declares 12" in caplog.text
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == decoded
+    assert (tmp_path / "out" / "overlay.mp4").is_file()
+    assert not (tmp_path / "out" / "incomplete").exists()
 
 
 # ------------------------------------------------------------------ 3. truncated images

@@ -257,3 +257,18 @@ def test_pipeline_on_synthetic_videos(synth_root, tmp_path):
     assert torch.isfinite(losses["loss_grounding"])
     metrics = RVOSTrainer.test(cfg, model.eval())["rvos"]
     assert 0 <= metrics["JF"] <= 1 and 0 <= metrics["mean_IoU"] <= 1
+
+
+def test_interrupted_weight_write_leaves_no_file(tmp_path, monkeypatch):
+    config_file = tmp_path / "topdown.yaml"
+    config_file.write_text(tiny_cfg().dump())
+    real_save = torch.save
+
+    def save_then_fail(obj, f):
+        real_save(obj, f)
+        raise KeyboardInterrupt  # killed after writing, before the file is complete on disk
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--config-file", str(config_file), "--output", str(tmp_path / "init.pth")])
+    assert list(tmp_path.glob("*.pth")) == [] and list(tmp_path.glob(".init.pth*")) == []

@@ -7,13 +7,16 @@
 
 Writes `out/masks/<frame>.png` (0/255) and `out/overlay.mp4` (the sentence as a caption), frame
 by frame: the video is decoded lazily and flows through the model in windows of TEST.WINDOW
-frames, so a video of any length is segmented in bounded memory.
+frames, so a video of any length is segmented in bounded memory. Until the last frame is done
+they are written into `out/incomplete/`: a run that fails (e.g. on a truncated video) leaves
+its partial output there, never where a complete result goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,6 +62,17 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
+def publish(staging: Path, output: Path) -> tuple[Path, Path]:
+    """Moves a finished run's masks and overlay from `staging` into `output` (replacing an
+    earlier run's), so that an interrupted run never leaves output that looks complete."""
+    masks, video = output / "masks", output / "overlay.mp4"
+    shutil.rmtree(masks, ignore_errors=True)
+    (staging / "masks").rename(masks)
+    (staging / "overlay.mp4").replace(video)
+    staging.rmdir()
+    return masks, video
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="rvos_d2")
@@ -72,23 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     logger.info("segmenting %s (%d frames): %r", args.video, len(reader), args.text)
     output = Path(args.output)
-    (output / "masks").mkdir(parents=True, exist_ok=True)
+    staging = output / "incomplete"  # renamed into place once every frame is segmented
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "masks").mkdir(parents=True)
     outputs = segmenter.stream((frame for _, frame in reader), args.text, first.shape[:2])
     scores = []
     # the model reads the video once; frames are read again to draw the overlay
-    with OverlayVideoWriter(output / "overlay.mp4", args.fps, caption=args.text) as overlay:
+    with OverlayVideoWriter(staging / "overlay.mp4", args.fps, caption=args.text) as overlay:
         progress = tqdm.tqdm(zip(reader, outputs), total=len(reader) or None, file=sys.stderr)
         for (name, frame), (prob, score) in progress:
             mask = prob >= args.threshold
-            write_masks([mask], [name], output / "masks")
+            write_masks([mask], [name], staging / "masks")
             overlay.write(frame, mask)
             scores.append(score)
+    masks, video = publish(staging, output)
     logger.info(
         "done in %.1fs: %d masks in %s, overlay %s, mean score %.3f",
         time.perf_counter() - start,
         len(scores),
-        output / "masks",
-        overlay.path,
+        masks,
+        video,
         float(np.mean(scores)),
     )
     return 0

@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from rvos_d2.config import load_config
+    from rvos_d2.engine.checkpoint import atomic_write
 
     parser = argparse.ArgumentParser(
         description="python -m rvos_d2.modeling.meta_arch.topdown: " + main.__doc__
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     state = assemble_topdown_weights(load_config(args.config_file, args.opts))
-    torch.save({"model": state}, args.output)
+    with atomic_write(args.output) as f:  # an interrupted write leaves no truncated file
+        torch.save({"model": state}, f)
     print(f"wrote {args.output}")
 
 
