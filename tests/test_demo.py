@@ -164,13 +164,15 @@ def test_main_job_checks_a_reused_backbone_against_its_pretraining(tmp_path, mon
     assert "no pretraining settings" in job.pretraining_mismatch(str(tmp_path / "zoo.pkl"), 1200)
 
     # An existing file is used as it is, never pretrained over.
-    monkeypatch.setattr(job.subprocess, "run", lambda *a, **k: pytest.fail("pretrained again"))
+    monkeypatch.setattr(
+        job, "pretrain_config_backbone", lambda *a, **k: pytest.fail("pretrained again")
+    )
     shorter = tmp_path / "shorter.pth"
     before = shorter.read_bytes()
     cfg = load_config(TINY_CONFIG, ["MODEL.WEIGHTS", str(shorter)])
-    job.ensure_pretrained_backbone(cfg, TINY_CONFIG, 1200, [])
+    job.ensure_pretrained_backbone(cfg, 1200)
     assert shorter.read_bytes() == before
     assert f"using MODEL.WEIGHTS {shorter} as it is" in capsys.readouterr().err
     cfg = load_config(TINY_CONFIG, ["MODEL.WEIGHTS", str(tmp_path / "same.pth")])
-    job.ensure_pretrained_backbone(cfg, TINY_CONFIG, 1200, [])
+    job.ensure_pretrained_backbone(cfg, 1200)
     assert capsys.readouterr().err == ""

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import rvos_d2  # noqa: F401  (detectron2 shims before any detectron2 submodule)
-from rvos_d2.data.prepare.synthetic import EXPRESSION_TYPES, generate_dataset
+from rvos_d2.data.prepare.synthetic import DEFAULT_VIDEOS, EXPRESSION_TYPES, generate_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=12, help="frames per video")
     parser.add_argument("--size", type=parse_size, default=(96, 96), help="S or HxW pixels")
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-valid", type=int, default=40)
-    parser.add_argument("--num-valid-motion", type=int, default=40)
+    parser.add_argument("--num-train", type=int, default=DEFAULT_VIDEOS["train"])
+    parser.add_argument("--num-valid", type=int, default=DEFAULT_VIDEOS["valid"])
+    parser.add_argument("--num-valid-motion", type=int, default=DEFAULT_VIDEOS["valid_motion"])
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
 

@@ -22,18 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import rvos_d2  # noqa: F401  (shims before any detectron2 submodule; registrations)
 from rvos_d2.config import load_config
-from rvos_d2.engine.attribute_pretraining import (
-    backbone_checkpoint,
-    load_attribute_videos,
-    pretrain_backbone,
-)
-from rvos_d2.engine.checkpoint import atomic_write
-
-from detectron2.modeling import build_backbone
+from rvos_d2.engine.attribute_pretraining import pretrain_config_backbone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,51 +64,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1:
         parser.error(f"--iterations {args.iterations}: expected at least 1")
     start = time.perf_counter()
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
-    size = args.size or cfg.INPUT.MIN_SIZE_TEST
-    frames_per_clip = args.frames_per_clip or cfg.INPUT.SAMPLING_FRAME_NUM
-    split_dir = args.dataset_root / args.split
-    videos = load_attribute_videos(split_dir, attributes, size)
-    print(
-        f"loaded {len(videos.frames)} videos of {split_dir} at {size}x{size} in "
-        f"{time.perf_counter() - start:.1f}s; classes: "
-        + ", ".join(f"{name} {len(values)}" for name, values in videos.vocab.items()),
-        flush=True,
-    )
-    eval_videos = None
-    if args.eval_split:
-        eval_dir = args.dataset_root / args.eval_split
-        eval_videos = load_attribute_videos(eval_dir, attributes, size, vocab=videos.vocab)
-    backbone = build_backbone(cfg).to(cfg.MODEL.DEVICE)
-    log = pretrain_backbone(
-        backbone,
-        videos,
+    log = pretrain_config_backbone(
+        cfg,
+        args.dataset_root,
+        attributes,
+        args.output,
+        split=args.split,
+        eval_split=args.eval_split,
+        size=args.size,
         iterations=args.iterations,
         clips_per_batch=args.clips_per_batch,
-        frames_per_clip=frames_per_clip,
+        frames_per_clip=args.frames_per_clip,
         lr=args.lr,
-        pixel_mean=cfg.MODEL.PIXEL_MEAN,
-        pixel_std=cfg.MODEL.PIXEL_STD,
         seed=args.seed,
         log_period=args.log_period,
-        eval_videos=eval_videos,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "split": args.split,
-        "attributes": attributes,
-        "iterations": args.iterations,
-        "clips_per_batch": args.clips_per_batch,
-        "frames_per_clip": frames_per_clip,
-        "size": size,
-        "lr": args.lr,
-        "seed": args.seed,
-    }
-    with atomic_write(args.output) as f:  # an interrupted run leaves no partial MODEL.WEIGHTS
-        torch.save(backbone_checkpoint(backbone, settings), f)
     summary = {
         "output": str(args.output),
         "seconds": round(time.perf_counter() - start, 1),

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """The embedded default job behind `make demo`: synthetic data -> train -> evaluate -> overlay.
 
-Generates the synthetic RVOS dataset under $DETECTRON2_DATASETS/rvos_synth when absent,
-pretrains the backbone named by MODEL.WEIGHTS when that file is absent (tools/pretrain_backbone.py
-on the training videos' object attributes), trains configs/Synthetic/ReferFormer-tiny.yaml on the
-CPU (resuming an interrupted run), evaluates the valid splits, writes an overlay video of one
-validation video, and prints as its last line one JSON object:
+In one process: generates the synthetic RVOS dataset under $DETECTRON2_DATASETS/rvos_synth when
+absent, pretrains the backbone named by MODEL.WEIGHTS on the training videos' object attributes
+when that file is absent (as tools/pretrain_backbone.py does), trains
+configs/Synthetic/ReferFormer-tiny.yaml on the CPU (resuming an interrupted run), evaluates the
+valid splits, writes an overlay video of one validation video, and prints as its last line one
+JSON object:
 {"rvos_synth_valid": {"J", "F", "JF"}, "rvos_synth_valid_motion": {...},
 "rvos_synth_valid_unseen_phrasing": {...}, "seconds"}.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ import torch
 import rvos_d2  # noqa: F401  (shims, registrations)
 from rvos_d2.config import load_config
 from rvos_d2.data.mappers import RVOSDatasetMapper
+from rvos_d2.data.prepare.synthetic import DEFAULT_VIDEOS, generate_dataset
 from rvos_d2.engine import RVOSTrainer
+from rvos_d2.engine.attribute_pretraining import pretrain_config_backbone
 from rvos_d2.engine.checkpoint import load_checkpoint_file
 from rvos_d2.utils.video_io import read_video_frames, write_overlay_video
 
@@ -44,10 +47,8 @@ def ensure_synthetic_dataset() -> Path:
     """Writes the synthetic dataset with the generator's defaults unless it is already there."""
     root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "rvos_synth"
     if not (root / "meta_expressions" / "train" / "meta_expressions.json").exists():
-        script = ROOT / "tools" / "make_synthetic.py"
-        subprocess.run(
-            [sys.executable, str(script), "--output", str(root), "--overwrite"], check=True
-        )
+        shutil.rmtree(root, ignore_errors=True)  # an interrupted generation
+        generate_dataset(root, DEFAULT_VIDEOS)
     return root
 
 
@@ -65,12 +66,10 @@ def pretraining_mismatch(weights: str, iterations: int) -> str | None:
     return "it was pretrained with " + ", ".join(differing) if differing else None
 
 
-def ensure_pretrained_backbone(
-    cfg: CfgNode, config_file: Path, iterations: int, opts: list[str]
-) -> None:
-    """Writes MODEL.WEIGHTS with tools/pretrain_backbone.py when it names a missing file (and
-    logs the backbone's attribute accuracy on the valid split). An existing file is used as it
-    is, with a warning when it was not pretrained as this job would pretrain it."""
+def ensure_pretrained_backbone(cfg: CfgNode, iterations: int) -> None:
+    """Pretrains the backbone into MODEL.WEIGHTS (`pretrain_config_backbone`) when it names a
+    missing file (and logs its attribute accuracy on the valid split). An existing file is used
+    as it is, with a warning when it was not pretrained as this job would pretrain it."""
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         return
@@ -83,28 +82,18 @@ def ensure_pretrained_backbone(
                 file=sys.stderr,
             )
         return
-    script = ROOT / "tools" / "pretrain_backbone.py"
-    subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--config-file",
-            str(config_file),
-            "--attributes",
-            PRETRAIN_ATTRIBUTES,
-            "--iterations",
-            str(iterations),
-            "--eval-split",
-            "valid",
-            "--output",
-            weights,
-            *opts,
-        ],
-        check=True,
+    pretrain_config_backbone(
+        cfg,
+        ensure_synthetic_dataset(),
+        PRETRAIN_ATTRIBUTES.split(","),
+        Path(weights),
+        eval_split="valid",
+        iterations=iterations,
     )
 
 
 def build_cfg(config_file: Path, output_dir: Path, opts: list[str]) -> CfgNode:
+    """The job's config: the valid splits are evaluated once, after training."""
     cfg = load_config(config_file, ["OUTPUT_DIR", str(output_dir), "MODEL.DEVICE", "cpu", *opts])
     cfg.DATASETS.TEST = SPLITS
     cfg.freeze()
@@ -144,14 +133,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_synthetic_dataset()
     cfg = build_cfg(args.config_file, args.output_dir, args.opts)
-    ensure_pretrained_backbone(cfg, args.config_file, args.pretrain_iterations, args.opts)
+    ensure_pretrained_backbone(cfg, args.pretrain_iterations)
     default_setup(cfg, argparse.Namespace(config_file=str(args.config_file), eval_only=False))
-    trainer = RVOSTrainer(cfg)
+    train_cfg = cfg.clone()
+    train_cfg.defrost()
+    train_cfg.DATASETS.TEST = ()  # evaluated below, once
+    trainer = RVOSTrainer(train_cfg)
     trainer.resume_or_load(resume=not args.from_scratch)
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-    # detectron2's evaluation hook always evaluates DATASETS.TEST after the last iteration.
-    results = getattr(trainer, "_last_eval_results", None) or RVOSTrainer.test(cfg, model)
+    results = RVOSTrainer.test(cfg, model)
     write_overlay(cfg, model, SPLITS[0], args.output_dir / "overlay_valid.mp4")
 
     summary: dict = {}

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import Backbone
+from detectron2.modeling import Backbone, build_backbone
 
 __all__ = [
     "AttributeVideos",
@@ -32,6 +33,7 @@ __all__ = [
     "backbone_checkpoint",
     "load_attribute_videos",
     "pretrain_backbone",
+    "pretrain_config_backbone",
 ]
 
 LABEL_STRIDE = 4
@@ -342,3 +344,71 @@ def backbone_checkpoint(backbone: nn.Module, settings: dict | None = None) -> di
     if settings is not None:
         checkpoint["pretraining"] = dict(settings)
     return checkpoint
+
+
+def pretrain_config_backbone(
+    cfg: CfgNode,
+    dataset_root: Path,
+    attributes: Sequence[str],
+    output: Path,
+    *,
+    split: str = "train",
+    eval_split: str | None = None,
+    size: int | None = None,
+    iterations: int = 1200,
+    clips_per_batch: int = 6,
+    frames_per_clip: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log_period: int = 50,
+) -> list[dict]:
+    """Pretrains the backbone of `cfg` on the attributes of `dataset_root/split` and writes it
+    (`backbone_checkpoint`, with the settings) atomically to `output`; returns the log.
+    Defaults: frames of INPUT.MIN_SIZE_TEST, clips of INPUT.SAMPLING_FRAME_NUM frames."""
+    from rvos_d2.engine.checkpoint import atomic_write
+
+    size = size or cfg.INPUT.MIN_SIZE_TEST
+    frames_per_clip = frames_per_clip or cfg.INPUT.SAMPLING_FRAME_NUM
+    split_dir = dataset_root / split
+    videos = load_attribute_videos(split_dir, attributes, size)
+    logger.info(
+        "loaded %d videos of %s at %dx%d; classes: %s",
+        len(videos.frames),
+        split_dir,
+        size,
+        size,
+        ", ".join(f"{name} {len(values)}" for name, values in videos.vocab.items()),
+    )
+    eval_videos = None
+    if eval_split:
+        eval_videos = load_attribute_videos(
+            dataset_root / eval_split, attributes, size, vocab=videos.vocab
+        )
+    backbone = build_backbone(cfg).to(cfg.MODEL.DEVICE)
+    log = pretrain_backbone(
+        backbone,
+        videos,
+        iterations=iterations,
+        clips_per_batch=clips_per_batch,
+        frames_per_clip=frames_per_clip,
+        lr=lr,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+        seed=seed,
+        log_period=log_period,
+        eval_videos=eval_videos,
+    )
+    settings = {
+        "split": split,
+        "attributes": list(attributes),
+        "iterations": iterations,
+        "clips_per_batch": clips_per_batch,
+        "frames_per_clip": frames_per_clip,
+        "size": size,
+        "lr": lr,
+        "seed": seed,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(output) as f:  # an interrupted run leaves no partial MODEL.WEIGHTS
+        torch.save(backbone_checkpoint(backbone, settings), f)
+    return log

@@ -70,6 +70,7 @@ _MOTION_TEMPLATES = {
     "down": ("the {d} moving down", "the {d} going down"),
     "still": ("the {d} that is not moving", "the still {d}"),
 }
+DEFAULT_VIDEOS = {"train": 300, "valid": 40, "valid_motion": 40, "valid_unseen_phrasing": 40}
 _VIDEO_SOURCE = {"valid_unseen_phrasing": "valid"}  # splits that rephrase another's videos
 _MIN_VISIBLE_FRACTION = 0.25  # an object counts as seen in a frame when this much of it shows
 _MAX_VIDEO_TRIES = 200
