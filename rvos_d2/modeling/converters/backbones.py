@@ -13,7 +13,7 @@ from rvos_d2.modeling.converters.registry import (
     CheckpointFormatError,
 )
 
-__all__ = ["convert_resnet", "convert_swin", "convert_video_swin"]
+__all__ = ["convert_resnet", "convert_swin", "convert_video_swin", "resnet_key"]
 
 SWIN_BUFFERS = ("relative_position_index", "attn_mask")
 
@@ -35,23 +35,35 @@ def _patch_embed_dims(weights: dict[str, Tensor]) -> int | None:
     return None if embed is None else embed.dim()
 
 
+def resnet_key(key: str) -> str | None:
+    """A torchvision / timm ResNet key -> detectron2 ResNet (BatchNorm buffers included), or None
+    for a key outside the stem and the four stages."""
+    if key.startswith(("conv1.", "bn1.")):
+        new = "stem." + key
+    else:
+        match = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
+        if match is None:
+            return None
+        new = f"res{int(match.group(1)) + 1}.{match.group(2)}.{match.group(3)}"
+    new = re.sub(r"\bbn(\d)\.", r"conv\1.norm.", new)
+    new = new.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+    if not re.fullmatch(
+        r"(stem\.conv1|res[2-5]\.\d+\.(conv[1-3]|shortcut))(\.norm)?\."
+        r"(weight|bias|running_mean|running_var)",
+        new,
+    ):
+        return None
+    return new
+
+
 def convert_resnet(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """torchvision/timm ResNet names -> detectron2 ResNet names."""
     out = {}
     for key, value in weights.items():
         if key.startswith("fc.") or key.endswith("num_batches_tracked"):
             continue
-        new = key
-        if not new.startswith("layer"):
-            new = "stem." + new  # conv1 / bn1 of the stem
-        new = re.sub(r"^layer(\d)", lambda m: f"res{int(m.group(1)) + 1}", new)
-        new = re.sub(r"\bbn(\d)\.", r"conv\1.norm.", new)
-        new = new.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
-        if not re.fullmatch(
-            r"(stem\.conv1|res[2-5]\.\d+\.(conv[1-3]|shortcut))(\.norm)?\."
-            r"(weight|bias|running_mean|running_var)",
-            new,
-        ):
+        new = resnet_key(key)
+        if new is None:
             raise CheckpointFormatError(f"ResNet checkpoint: unexpected key {key!r}")
         out[new] = value
     return out

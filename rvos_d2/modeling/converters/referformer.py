@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from rvos_d2.modeling.converters.backbones import resnet_key
 from rvos_d2.modeling.converters.registry import CHECKPOINT_FORMAT_REGISTRY, CheckpointFormat
 
 __all__ = [
@@ -174,22 +175,8 @@ def _backbone_converter(weights: dict[str, Tensor]):
 
 def _resnet_key(key: str) -> str | None:
     """torchvision ResNet -> detectron2 ResNet (FrozenBN buffers included)."""
-    if key.startswith(("conv1.", "bn1.")):
-        new = "stem." + key
-    else:
-        match = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
-        if match is None:
-            return None
-        new = f"res{int(match.group(1)) + 1}.{match.group(2)}.{match.group(3)}"
-    new = re.sub(r"\bbn(\d)\.", r"conv\1.norm.", new)
-    new = new.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
-    if not re.fullmatch(
-        r"(stem\.conv1|res[2-5]\.\d+\.(conv[1-3]|shortcut))(\.norm)?\."
-        r"(weight|bias|running_mean|running_var)",
-        new,
-    ):
-        return None
-    return "backbone." + new
+    new = resnet_key(key)
+    return None if new is None else "backbone." + new
 
 
 def _swin_key(key: str) -> str | None:
