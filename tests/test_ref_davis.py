@@ -91,6 +91,7 @@ def test_registered_splits(converted_davis, davis_release, monkeypatch):
     meta = MetadataCatalog.get("ref_davis_valid")
     assert meta.evaluator_type == "rvos"
     assert tuple(meta.eval_group_by) == ("annotator", "expression_type")
+    assert tuple(meta.merge_objects_by) == ("annotator", "expression_type")
     groups = {(d["annotator"], d["expression_type"]) for d in valid}
     assert groups == {(a, k) for a in (1, 2) for k in ("first_frame", "full_video")}
     car = {d["exp_id"]: d for d in train if d["video_id"] == "classic-car"}

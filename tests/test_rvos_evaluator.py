@@ -251,3 +251,48 @@ def test_torch_threshold_is_strictly_above_half(eval_root):
     evaluator = RVOSEvaluator(EVAL_RVOS, distributed=False)
     evaluator.process([model_input], [output])
     assert evaluator.evaluate()["rvos"]["J"] == 0.0
+
+
+def test_merge_object_probabilities_follows_the_published_rule():
+    from rvos_d2.evaluation.object_merge import merge_object_probabilities
+
+    first = np.array([[0.9, 0.6, 0.4, 0.7, 0.0]])
+    second = np.array([[0.8, 0.7, 0.45, 0.7, 0.0]])
+    # highest probability >= 0.5 wins, a tie goes to the first object, below 0.5 is background
+    assert merge_object_probabilities([first, second]).tolist() == [[1, 2, 0, 1, 0]]
+    with pytest.raises(ValueError, match="differ in shape"):
+        merge_object_probabilities([first, second[:, :3]])
+
+
+def test_objects_of_one_annotation_are_merged_before_scoring(eval_root):
+    base = [d for d in DatasetCatalog.get(EVAL_RVOS) if d["video_id"] in ("v0", "v1", "v2")]
+
+    def predict(d, frame):
+        """Expression "0" (object 1): both objects at 0.6; expression "1": object 2 at 0.9."""
+        if d["exp_id"] == "0":
+            return target_mask({**d, "obj_ids": [1, 2]}, frame) * 0.6
+        return target_mask(d, frame) * 0.9
+
+    results = {}
+    for merge in ((), ("annotator",)):
+        name = f"eval_tiny_merge_{len(merge)}"
+        dicts = [{**d, "dataset_name": name, "annotator": 1} for d in base]
+        DatasetCatalog.register(name, lambda dicts=dicts: dicts)
+        MetadataCatalog.get(name).set(
+            evaluator_type="rvos", eval_group_by=("annotator",), merge_objects_by=merge
+        )
+        try:
+            evaluator = RVOSEvaluator(name, None, distributed=False)
+            evaluator.reset()
+            for d in DatasetCatalog.get(name):
+                model_input, output = model_io(d, lambda d, f: np.zeros((d["height"], d["width"])))
+                output["pred_masks"] = torch.from_numpy(
+                    np.stack([predict(d, f) for f in model_input["frame_ids"]]).astype(np.float32)
+                )
+                evaluator.process([model_input], [output])
+            results[merge] = evaluator.evaluate()["rvos"]
+        finally:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    assert results[()]["J"] < 0.9  # object 1's expression also covers object 2
+    assert results[("annotator",)]["J"] == pytest.approx(1.0)  # object 2 takes its pixels

@@ -4,7 +4,11 @@ Each pair is scored on its annotated frames only; J and F of a pair are means ov
 and dataset J, F, J&F are means over pairs (the DAVIS / Ref-YouTube-VOS / MeViS protocol). When
 the dataset metadata names dataset-dict keys in `eval_group_by` (Ref-DAVIS: annotator and
 expression type), every metric is computed per group of pairs sharing those keys' values and the
-reported value is the mean over groups. All metrics are fractions in [0, 1]. Temporal stability
+reported value is the mean over groups. When the metadata names keys in `merge_objects_by`
+(Ref-DAVIS), the predictions of a video's expressions that share those keys' values (one
+annotator's description of every object) are merged into one label map before scoring
+(`merge_object_probabilities`), as the DAVIS protocol and the published Ref-DAVIS inference do.
+All metrics are fractions in [0, 1]. Temporal stability
 (SOC, Luo et al. 2023, Fig. 4; lower is steadier): IoU_variance and JF_variance are the variances
 over a pair's scored frames of its per-frame IoU and per-frame (J + F) / 2, averaged over pairs.
 """
@@ -22,6 +26,7 @@ import numpy as np
 from rvos_d2.data.mask_io import load_target_mask
 from rvos_d2.evaluation import metrics
 from rvos_d2.evaluation.build import EVALUATOR_REGISTRY
+from rvos_d2.evaluation.object_merge import merge_object_probabilities
 from rvos_d2.evaluation.predictions import (
     find_dataset_dict,
     gather_records,
@@ -139,19 +144,24 @@ def write_per_video_csv(
 class RVOSEvaluator(DatasetEvaluator):
     """J&F, prec@t and IoU of a dataset with masks; results under the "rvos" key.
 
-    Only per-frame scores are kept between `process` and `evaluate`, never masks.
+    Only per-frame scores are kept between `process` and `evaluate`; with `merge_objects_by`,
+    also the probabilities of the video being processed.
     """
 
     def __init__(self, dataset_name: str, output_dir: str | None = None, distributed: bool = True):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._distributed = distributed
-        self._group_by = tuple(MetadataCatalog.get(dataset_name).get("eval_group_by", ()))
+        metadata = MetadataCatalog.get(dataset_name)
+        self._group_by = tuple(metadata.get("eval_group_by", ()))
+        self._merge_by = tuple(metadata.get("merge_objects_by", ()))
         self._index = index_dataset(dataset_name)
         self._records: list[dict[str, Any]] = []
+        self._pending: list[tuple[dict, dict, dict]] = []  # one video's pairs awaiting a merge
 
     def reset(self) -> None:
         self._records = []
+        self._pending = []
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         if len(inputs) != len(outputs):
@@ -163,9 +173,36 @@ class RVOSEvaluator(DatasetEvaluator):
                     f"dataset {self._dataset_name!r} video {dataset_dict['video_id']!r} has no "
                     f"masks to score; its evaluator_type should be 'rvos_submission'"
                 )
-            self._records.append(score_pair(model_input, output, dataset_dict, self._group_by))
+            if not self._merge_by:
+                self._records.append(score_pair(model_input, output, dataset_dict, self._group_by))
+                continue
+            if self._pending and self._pending[0][2]["video_id"] != dataset_dict["video_id"]:
+                self._score_merged()
+            probs = np.asarray(output["pred_masks"], np.float32)
+            self._pending.append((model_input, {"pred_masks": probs}, dataset_dict))
+
+    def _score_merged(self) -> None:
+        """Scores the pending pairs of one video, each group's objects merged into one map."""
+        groups: dict[tuple, list[tuple[dict, dict, dict]]] = defaultdict(list)
+        for pair in self._pending:
+            groups[tuple(pair[2][k] for k in self._merge_by)].append(pair)
+        for pairs in groups.values():
+            pairs.sort(key=lambda pair: int(pair[2]["obj_ids"][0]))
+            frames = [tuple(int(f) for f in pair[0]["frame_ids"]) for pair in pairs]
+            if len(set(frames)) != 1:
+                raise ValueError(
+                    f"video {pairs[0][2]['video_id']!r}: the expressions merged into one map "
+                    "were predicted on different frames"
+                )
+            labels = merge_object_probabilities([pair[1]["pred_masks"] for pair in pairs])
+            for k, (model_input, _, dataset_dict) in enumerate(pairs):
+                merged = {"pred_masks": (labels == k + 1).astype(np.float32)}
+                self._records.append(score_pair(model_input, merged, dataset_dict, self._group_by))
+        self._pending = []
 
     def evaluate(self) -> OrderedDict[str, dict[str, float]] | dict:
+        if self._pending:
+            self._score_merged()
         records = gather_records(self._records, self._distributed)
         if records is None:
             return {}

@@ -80,6 +80,7 @@ def register_ref_davis() -> None:
             functools.partial(_load_from_root, split, name),
             evaluator_type="rvos",
             eval_group_by=("annotator", "expression_type"),
+            merge_objects_by=("annotator", "expression_type"),  # one label map per annotation
             annotators=(1, 2),
             expression_types=tuple(EXPRESSION_TYPE_TAGS),
         )
