@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -36,7 +37,9 @@ from rvos_d2.utils.video_io import read_video_frames, write_overlay_video
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
+from detectron2.utils.logger import setup_logger
 
+logger = logging.getLogger("rvos_d2.main_job")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "Synthetic" / "ReferFormer-tiny.yaml"
 SPLITS = ("rvos_synth_valid", "rvos_synth_valid_motion", "rvos_synth_valid_unseen_phrasing")
@@ -48,6 +51,7 @@ def ensure_synthetic_dataset() -> Path:
     root = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "rvos_synth"
     if not (root / "meta_expressions" / "train" / "meta_expressions.json").exists():
         shutil.rmtree(root, ignore_errors=True)  # an interrupted generation
+        logger.info("writing the synthetic dataset to %s", root)
         generate_dataset(root, DEFAULT_VIDEOS)
     return root
 
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    setup_logger(name="rvos_d2")  # progress of the generation and the pretraining
 
     ensure_synthetic_dataset()
     cfg = build_cfg(args.config_file, args.output_dir, args.opts)
