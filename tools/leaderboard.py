@@ -70,9 +70,13 @@ PROPAGATION_SHAPE = (
     "DECODER_DIM",
 )
 # TopDown's candidate model: training-only settings on top of MODEL.TOPDOWN.CANDIDATES.OPTS
+# (from scratch: every stage trained, batch norm; few sampled regions, as frames hold few objects)
 CANDIDATE_TRAINING = (
     "MODEL.WEIGHTS", "",
     "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
     "INPUT.MASK_FORMAT", "bitmask",
     "INPUT.MIN_SIZE_TRAIN", "(160,)",
     "INPUT.MAX_SIZE_TRAIN", "160",
