@@ -29,7 +29,8 @@ demo: setup
 benchmark: setup
 	$(PY) tools/benchmark.py all
 
-# trains and ranks every method's synthetic config (about an hour on 2 CPU cores)
+# trains and ranks every RVOS method's synthetic config on one CPU-time budget (11 CPU minutes of
+# training per method, plus evaluation: 1-2 hours on 2 CPU cores)
 leaderboard: setup
 	$(PY) tools/leaderboard.py
 
