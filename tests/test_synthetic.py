@@ -21,10 +21,16 @@ from rvos_d2.data.prepare.synthetic import (
 from rvos_d2.data.prepare.synthetic_language import (
     COLOUR_WORDS,
     HELD_OUT_WORDS,
+    MOTION_PHRASES,
+    RELATION_PHRASES,
     SHAPE_WORDS,
     SIZE_WORDS,
+    Wording,
+    all_wordings,
+    phrase,
     words_of,
 )
+from rvos_d2.data.transforms import swap_left_right
 from tests.fixtures.synthetic import SYNTH_TEST_FRAMES, SYNTH_TEST_SIZE, SYNTH_TEST_SIZES
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -303,16 +309,12 @@ def test_no_training_expression_uses_a_held_out_word(synth_root):
 
 
 def test_every_held_out_wording_is_recognisable():
-    from rvos_d2.data.prepare import synthetic_language as language
-
-    for wording in language.all_wordings():
+    for wording in all_wordings():
         for text in wording.held_out:
             assert words_of(text) & HELD_OUT_WORDS, text
 
 
 def test_the_grammar_draws_several_forms_for_one_spec():
-    from rvos_d2.data.prepare.synthetic_language import phrase
-
     rng = np.random.default_rng(0)
     attributes = (("size", "small"), ("colour", "red"), ("shape", "circle"))
     texts = {phrase(attributes, "appearance", rng) for _ in range(200)}
@@ -332,3 +334,50 @@ def test_importing_rvos_d2_does_not_load_the_data_preparation_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _all_specs():
+    """(attributes, kind, motion, relation, pair) for every kind, motion and relation."""
+    attribute_sets = (
+        (("shape", "hexagon"),),
+        (("colour", "purple"),),
+        (("size", "large"), ("colour", "orange"), ("shape", "cross")),
+    )
+    for attributes in attribute_sets:
+        yield attributes, "appearance", None, None, False
+        for motion in MOTION_PHRASES:
+            yield attributes, "motion", motion, None, False
+        for relation in RELATION_PHRASES:
+            for pair in (False, True):
+                yield attributes, "relative", None, relation, pair
+
+
+def test_held_out_words_occur_exactly_in_held_out_phrasings_of_every_spec():
+    rng = np.random.default_rng(1)
+    for attributes, kind, motion, relation, pair in _all_specs():
+        for held_out in (False, True):
+            for _ in range(40):
+                text = phrase(attributes, kind, rng, motion, relation, pair, held_out)
+                assert bool(words_of(text) & HELD_OUT_WORDS) == held_out, text
+                named_attributes = {"category" if k == "shape" else k: v for k, v in attributes}
+                assert _parse(text) == named_attributes, text
+                if motion is not None:
+                    named = [m for m, word in MOTION_WORDS.items() if re.search(word, text)]
+                    assert named == [motion], text
+
+
+def test_horizontal_flip_maps_each_left_wording_to_its_right_counterpart():
+    pairs = [
+        (MOTION_PHRASES["left"], MOTION_PHRASES["right"]),
+        (RELATION_PHRASES[("x", "min")][0], RELATION_PHRASES[("x", "max")][0]),
+    ]
+    pairs.append(tuple(Wording(RELATION_PHRASES[("x", s)][1], ()) for s in ("min", "max")))
+    for left, right in pairs:
+        assert tuple(map(swap_left_right, left.train)) == right.train
+        assert tuple(map(swap_left_right, left.held_out)) == right.held_out
+    unsided = [MOTION_PHRASES[m] for m in ("up", "down", "still")]
+    unsided += [RELATION_PHRASES[r][0] for r in (("y", "min"), ("y", "max"))]
+    unsided += [Wording(RELATION_PHRASES[r][1], ()) for r in (("y", "min"), ("y", "max"))]
+    for wording in unsided:
+        for text in wording.train + wording.held_out:
+            assert swap_left_right(text) == text
