@@ -12,6 +12,7 @@ from os import PathLike
 from rvos_d2.data.vos_config import add_vos_data_config
 from rvos_d2.modeling.backbone.config import add_backbone_config
 from rvos_d2.modeling.mask_branch import add_mask_branch_config
+from rvos_d2.modeling.meta_arch.dense_attributes import add_dense_attribute_config
 from rvos_d2.modeling.meta_arch.referformer import add_referformer_config
 from rvos_d2.modeling.mlrl.config import add_mlrl_config
 from rvos_d2.modeling.propagation.config import add_propagation_config
@@ -54,6 +55,8 @@ def _add_solver_config(cfg: CN) -> None:
     """
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD" (SGD uses SOLVER.MOMENTUM and NESTEROV)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.5  # lr of the model's `backbone` submodule = BASE_LR * this
+    # lr of a trained language model (`text_encoder.language_model`) = BASE_LR * this
+    cfg.SOLVER.TEXT_ENCODER_MULTIPLIER = 1.0
     # weight decay of nn.Embedding tables and of parameters modules list in `embedding_param_names`
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
 
@@ -85,6 +88,7 @@ def add_rvos_config(cfg: CN) -> None:
     add_propagation_config(cfg)
     add_test_propagation_config(cfg)
     add_topdown_config(cfg)
+    add_dense_attribute_config(cfg)
 
 
 def load_config(config_file: str | PathLike | None, opts: Sequence[str] = ()) -> CN:

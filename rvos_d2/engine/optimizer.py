@@ -3,7 +3,8 @@
 Parameter groups follow these rules (first match wins for weight decay):
   * parameters with ``requires_grad=False`` (e.g. a frozen text encoder) are left out;
   * learning rate is ``SOLVER.BASE_LR``, times ``SOLVER.BACKBONE_MULTIPLIER`` for parameters of the
-    model's ``backbone`` submodule, times ``SOLVER.BIAS_LR_FACTOR`` for biases;
+    model's ``backbone`` submodule, times ``SOLVER.TEXT_ENCODER_MULTIPLIER`` for those of a trained
+    language model (``text_encoder.language_model``), times ``SOLVER.BIAS_LR_FACTOR`` for biases;
   * weight decay is ``SOLVER.WEIGHT_DECAY_EMBED`` for embeddings (every ``nn.Embedding`` and the
     parameters a module names in its ``embedding_param_names`` attribute),
     ``SOLVER.WEIGHT_DECAY_NORM`` for normalisation layers, ``SOLVER.WEIGHT_DECAY_BIAS`` for biases
@@ -63,14 +64,18 @@ def _embedding_param_ids(model: nn.Module) -> set[int]:
     return ids
 
 
+def _param_ids(module: object) -> set[int]:
+    """ids of the parameters of `module` (none when it is not an nn.Module)."""
+    return {id(p) for p in module.parameters()} if isinstance(module, nn.Module) else set()
+
+
 def get_param_groups(model: nn.Module, cfg: CfgNode) -> list[dict[str, Any]]:
     """Trainable parameters of `model` grouped by (lr, weight_decay) following SOLVER.* rules."""
     solver = cfg.SOLVER
     base_lr = solver.BASE_LR
     backbone = getattr(model, "backbone", None)
-    backbone_ids = (
-        {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
-    )
+    backbone_ids = _param_ids(backbone)
+    language_ids = _param_ids(getattr(getattr(model, "text_encoder", None), "language_model", None))
     embedding_ids = _embedding_param_ids(model)
     wd_bias = solver.WEIGHT_DECAY if solver.WEIGHT_DECAY_BIAS is None else solver.WEIGHT_DECAY_BIAS
 
@@ -85,6 +90,8 @@ def get_param_groups(model: nn.Module, cfg: CfgNode) -> list[dict[str, Any]]:
             lr = base_lr
             if id(param) in backbone_ids:
                 lr *= solver.BACKBONE_MULTIPLIER
+            if id(param) in language_ids:
+                lr *= solver.TEXT_ENCODER_MULTIPLIER
             if is_bias:
                 lr *= solver.BIAS_LR_FACTOR
             if id(param) in embedding_ids:

@@ -1,7 +1,10 @@
 """A2D-Sentences / JHMDB-Sentences evaluation: each annotated frame of a (video, expression) is one
 sample scored by prec@0.5..0.9, overall IoU, mean IoU and COCO mask AP (fractions in [0, 1]).
 
-Detections for AP are the thresholded per-frame masks ranked by the model's per-frame `scores`.
+Detections for AP are the thresholded per-frame masks ranked by the model's per-frame `scores`;
+when the output also holds every query slot of the annotated frames (`query_frames`,
+`query_scores`, `query_masks`: the published ReferFormer evaluation), every slot is a detection,
+while IoU and prec@t still score `pred_masks` (the best-scored slot).
 """
 
 from __future__ import annotations
@@ -42,27 +45,51 @@ def score_samples(
             f"{None if scores is None else tuple(scores.shape)}"
         )
     annotated = [i for i, ann in enumerate(dataset_dict["mask_annotations"]) if ann is not None]
+    slots = _query_slots(output, f"video {video!r} expression {exp!r}")
     samples = []
     for frame, row, pred in predicted_frames(model_input, output, dataset_dict, annotated):
         gt = load_target_mask(dataset_dict, frame)
         inter, union = metrics.intersection_union(pred, gt)
-        samples.append(
-            {
-                "video_id": video,
-                "exp_id": exp,
-                "frame": dataset_dict["frame_names"][frame],
-                "I": inter,
-                "U": union,
-                "score": float(scores[row]),
-                "gt_rle": metrics.encode_mask(gt),
-                "pred_rle": metrics.encode_mask(pred),
-            }
-        )
+        sample = {
+            "video_id": video,
+            "exp_id": exp,
+            "frame": dataset_dict["frame_names"][frame],
+            "I": inter,
+            "U": union,
+            "score": float(scores[row]),
+            "gt_rle": metrics.encode_mask(gt),
+            "pred_rle": metrics.encode_mask(pred),
+        }
+        if slots is not None:
+            if row not in slots:
+                raise ValueError(
+                    f"video {video!r} expression {exp!r}: output query_frames lacks annotated "
+                    f"frame {dataset_dict['frame_names'][frame]} (row {row})"
+                )
+            slot_scores, slot_masks = slots[row]
+            sample["det_rles"] = [metrics.encode_mask(m) for m in slot_masks]
+            sample["det_scores"] = [float(s) for s in slot_scores]
+        samples.append(sample)
     return samples
 
 
+def _query_slots(output: dict[str, Any], label: str) -> dict[int, tuple[Any, np.ndarray]] | None:
+    """row -> (N scores, N x H x W bool masks) from the optional query_* outputs, or None."""
+    if "query_frames" not in output:
+        return None
+    rows, scores, masks = (output[k] for k in ("query_frames", "query_scores", "query_masks"))
+    if not len(rows) == len(scores) == len(masks):
+        raise ValueError(
+            f"{label}: {len(rows)} query_frames, {len(scores)} query_scores and {len(masks)} "
+            "query_masks; one of each per annotated frame is needed"
+        )
+    masks = np.asarray(masks.cpu() if hasattr(masks, "cpu") else masks) > 0.5
+    return {int(r): (s, m) for r, s, m in zip(rows, scores, masks)}
+
+
 def summarize_samples(samples: list[dict[str, Any]]) -> OrderedDict[str, float]:
-    """prec@t, overall_IoU, mean_IoU and mask mAP / AP50 / AP75 over annotated-frame samples."""
+    """prec@t, overall_IoU, mean_IoU and mask mAP / AP50 / AP75 over annotated-frame samples
+    (AP from a sample's `det_rles` / `det_scores` when it has them)."""
     ious = [metrics.iou_from_counts(s["I"], s["U"]) for s in samples]
     summary: OrderedDict[str, float] = OrderedDict(metrics.precision_at(ious))
     summary["overall_IoU"] = metrics.overall_iou(
@@ -72,8 +99,8 @@ def summarize_samples(samples: list[dict[str, Any]]) -> OrderedDict[str, float]:
     summary.update(
         metrics.mask_average_precision(
             [s["gt_rle"] for s in samples],
-            [s["pred_rle"] for s in samples],
-            [s["score"] for s in samples],
+            [s.get("det_rles", s["pred_rle"]) for s in samples],
+            [s.get("det_scores", s["score"]) for s in samples],
         )
     )
     return summary

@@ -142,13 +142,14 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
 
 def mask_average_precision(
     gt_rles: Sequence[dict[str, Any]],
-    pred_rles: Sequence[dict[str, Any]],
-    scores: Sequence[float],
+    pred_rles: Sequence[dict[str, Any] | Sequence[dict[str, Any]]],
+    scores: Sequence[float | Sequence[float]],
 ) -> dict[str, float]:
     """COCO mask AP of one-target-per-image samples: mAP over IoU 0.50:0.05:0.95, AP50, AP75.
 
     Sample i is an image holding one ground-truth target `gt_rles[i]` and one detection
-    `pred_rles[i]` with confidence `scores[i]`; all share a single category.
+    `pred_rles[i]` with confidence `scores[i]`, or several (lists of RLEs and scores, e.g.
+    every query of a model); all share a single category.
     """
     if not len(gt_rles) == len(pred_rles) == len(scores):
         raise ValueError(
@@ -159,8 +160,12 @@ def mask_average_precision(
         raise ValueError("mask_average_precision needs at least one sample")
     images, annotations, detections = [], [], []
     for i, (gt, pred, score) in enumerate(zip(gt_rles, pred_rles, scores)):
-        if tuple(gt["size"]) != tuple(pred["size"]):
-            raise ValueError(f"sample {i}: target size {gt['size']} != prediction {pred['size']}")
+        preds, confidences = ([pred], [score]) if isinstance(pred, dict) else (pred, score)
+        if len(preds) != len(confidences):
+            raise ValueError(f"sample {i}: {len(preds)} detections but {len(confidences)} scores")
+        for p in preds:
+            if tuple(gt["size"]) != tuple(p["size"]):
+                raise ValueError(f"sample {i}: target size {gt['size']} != prediction {p['size']}")
         height, width = gt["size"]
         images.append({"id": i, "height": int(height), "width": int(width)})
         x, y, w, h = mask_utils.toBbox(gt).tolist()
@@ -175,8 +180,9 @@ def mask_average_precision(
                 "iscrowd": 0,
             }
         )
-        detections.append(
-            {"image_id": i, "category_id": 1, "segmentation": pred, "score": float(score)}
+        detections.extend(
+            {"image_id": i, "category_id": 1, "segmentation": p, "score": float(c)}
+            for p, c in zip(preds, confidences)
         )
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO()

@@ -30,6 +30,7 @@ LOSS_REGISTRY.__doc__ = """Loss functions of SetCriterion by name:
 (outputs, targets, indices, norms) -> dict of unweighted loss terms."""
 
 Indices = list[tuple[Tensor, Tensor]]
+MASK_NORMS = ("sequences", "frames")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Norms:
 
     frames: Tensor  # visible, annotated target frames
     sequences: Tensor  # target sequences
+    masks: Tensor  # divisor of the mask losses: `sequences`, or `frames` (SetCriterion.mask_norm)
 
 
 class SetCriterion(nn.Module):
@@ -45,7 +47,9 @@ class SetCriterion(nn.Module):
 
     Losses in `final_only` are computed on the last layer only (they read outputs that the
     auxiliary layers do not have); the others also on every "aux_outputs" entry, whose terms get
-    the suffix `_<layer>`. Returned losses are already weighted.
+    the suffix `_<layer>`. Returned losses are already weighted. `mask_norm` divides the mask
+    losses by the number of target "sequences" or of visible target "frames" (DETR-style
+    num_boxes, as the published ReferFormer criterion does for every loss).
     """
 
     def __init__(
@@ -54,8 +58,11 @@ class SetCriterion(nn.Module):
         weight_dict: dict[str, float],
         losses: Sequence[str],
         final_only: Sequence[str] = ("search",),
+        mask_norm: str = "sequences",
     ):
         super().__init__()
+        if mask_norm not in MASK_NORMS:
+            raise ValueError(f"SetCriterion: mask_norm {mask_norm!r} is not one of {MASK_NORMS}")
         unknown = [name for name in losses if name not in LOSS_REGISTRY]
         if unknown:
             raise KeyError(f"unknown losses {unknown}; registered: {LOSS_REGISTRY.names()}")
@@ -63,6 +70,7 @@ class SetCriterion(nn.Module):
         self.weight_dict = dict(weight_dict)
         self.losses = list(losses)
         self.final_only = set(final_only)
+        self.mask_norm = mask_norm
 
     def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """outputs: the final layer's predictions (see SequenceMatcher), optionally
@@ -70,10 +78,10 @@ class SetCriterion(nn.Module):
         device = outputs["pred_logits"].device
         frames = sum((t["valid"] & t.get("annotated", True)).sum() for t in targets)
         sequences = torch.tensor(float(sum(t["valid"].shape[0] for t in targets)), device=device)
-        norms = Norms(
-            frames=_global_mean(frames.to(device=device, dtype=torch.float)).clamp(min=1),
-            sequences=_global_mean(sequences).clamp(min=1),
-        )
+        frames = _global_mean(frames.to(device=device, dtype=torch.float)).clamp(min=1)
+        sequences = _global_mean(sequences).clamp(min=1)
+        masks = frames if self.mask_norm == "frames" else sequences
+        norms = Norms(frames=frames, sequences=sequences, masks=masks)
         losses = self._layer_losses(outputs, targets, norms, self.losses)
         per_layer = [name for name in self.losses if name not in self.final_only]
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
@@ -115,12 +123,25 @@ def loss_labels(outputs, targets, indices: Indices, norms: Norms) -> dict[str, T
 @LOSS_REGISTRY.register_as("boxes")
 def loss_boxes(outputs, targets, indices: Indices, norms: Norms) -> dict[str, Tensor]:
     """Box L1 and GIoU of matched slots at the frames where the target is visible."""
+    return _box_losses(outputs, targets, indices, norms, visible_only=True)
+
+
+@LOSS_REGISTRY.register_as("boxes_all_frames")
+def loss_boxes_all_frames(outputs, targets, indices: Indices, norms: Norms) -> dict[str, Tensor]:
+    """Box L1 and GIoU of matched slots at every annotated frame, an absent target's frames
+    against its all-zero box (the published ReferFormer's loss_boxes)."""
+    return _box_losses(outputs, targets, indices, norms, visible_only=False)
+
+
+def _box_losses(outputs, targets, indices: Indices, norms: Norms, visible_only: bool):
     pred_boxes, tgt_boxes = [], []
     for b, ((queries, tgt_ids), target) in enumerate(zip(indices, targets)):
-        valid = target["valid"][tgt_ids] & _annotated(target)  # K x T
+        keep = _annotated(target).expand_as(target["valid"][tgt_ids])  # K x T
+        if visible_only:
+            keep = target["valid"][tgt_ids] & keep
         boxes = outputs["pred_boxes"][b][:, queries].transpose(0, 1)  # K x T x 4
-        pred_boxes.append(boxes[valid])
-        tgt_boxes.append(target["boxes"][tgt_ids][valid])
+        pred_boxes.append(boxes[keep])
+        tgt_boxes.append(target["boxes"][tgt_ids][keep])
     pred_boxes, tgt_boxes = torch.cat(pred_boxes), torch.cat(tgt_boxes)
     giou = generalized_box_iou_loss(
         box_convert(pred_boxes, "cxcywh", "xyxy"),
@@ -136,7 +157,8 @@ def loss_boxes(outputs, targets, indices: Indices, norms: Norms) -> dict[str, Te
 @LOSS_REGISTRY.register_as("masks")
 def loss_masks(outputs, targets, indices: Indices, norms: Norms) -> dict[str, Tensor]:
     """Dice and sigmoid focal losses of matched slots over the annotated frames of the clip,
-    absent frames included (empty target masks push an absent object's mask to empty)."""
+    absent frames included (empty target masks push an absent object's mask to empty); each
+    sequence's loss is summed and divided by `norms.masks`."""
     pred_masks, tgt_masks = [], []
     for b, ((queries, tgt_ids), target) in enumerate(zip(indices, targets)):
         annotated = _annotated(target)
@@ -145,8 +167,8 @@ def loss_masks(outputs, targets, indices: Indices, norms: Norms) -> dict[str, Te
         tgt_masks.append(target["masks"][tgt_ids][:, annotated].flatten(1))
     pred_masks, tgt_masks = torch.cat(pred_masks), torch.cat(tgt_masks)
     return {
-        "loss_dice": dice_loss(pred_masks, tgt_masks).sum() / norms.sequences,
-        "loss_mask": mask_focal_loss(pred_masks, tgt_masks).sum() / norms.sequences,
+        "loss_dice": dice_loss(pred_masks, tgt_masks).sum() / norms.masks,
+        "loss_mask": mask_focal_loss(pred_masks, tgt_masks).sum() / norms.masks,
     }
 
 

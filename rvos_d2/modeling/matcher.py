@@ -37,11 +37,14 @@ class SequenceMatcher:
 
     The cost of a slot is computed from all its T per-frame predictions: class, L1 and GIoU
     costs are averaged over the frames where the target is visible (`valid`); Dice and mask
-    focal costs are computed over the whole clip (absent frames have empty target masks).
+    focal costs are computed over the whole clip (absent frames have empty target masks). With
+    `boxes_on_all_frames`, L1 and GIoU costs are averaged over every frame instead, an absent
+    target's frames against its placeholder box (the published ReferFormer matcher).
     """
 
-    def __init__(self, weights: MatchCostWeights):
+    def __init__(self, weights: MatchCostWeights, boxes_on_all_frames: bool = False):
         self.weights = weights
+        self.boxes_on_all_frames = boxes_on_all_frames
 
     @torch.no_grad()
     def __call__(
@@ -92,9 +95,12 @@ class SequenceMatcher:
             ]
         )
         per_frame = self.weights.l1 * l1 - self.weights.giou * giou  # T x N x M
-        # absent frames carry placeholder boxes: drop them with `where` (0 * nan would be nan)
-        per_frame = torch.where(valid.T[:, None, :] > 0, per_frame, torch.zeros_like(per_frame))
-        cost_box = per_frame.sum(0) / frames
+        if self.boxes_on_all_frames:
+            cost_box = per_frame.mean(0)
+        else:
+            # absent frames carry placeholder boxes: drop them with `where` (0 * nan is nan)
+            keep = valid.T[:, None, :] > 0
+            cost_box = torch.where(keep, per_frame, torch.zeros_like(per_frame)).sum(0) / frames
 
         pred_seq = masks.transpose(0, 1).flatten(1)  # N x T*h*w
         tgt_seq = target["masks"].flatten(1)  # M x T*h*w

@@ -14,16 +14,21 @@ JHMDB-Sentences (`$DETECTRON2_DATASETS/jhmdb_sentences`), used for evaluation on
   jhmdb_annotation.txt                      video_id,query (CSV with a header)
   Rename_Images/<class>/<video>/<n>.png     frames numbered from 1
   puppet_mask/<class>/<video>/puppet_mask.mat   `part_mask`, H x W x T (MATLAB v5)
+  jhmdb_sentences_samples_metadata.json     optional: the 3 frames per video that the published
+                                            evaluations (MTTR, ReferFormer) score, as rows
+                                            [video, frame path, mask path, frames, sentence]
 
 One dataset dict per sentence. Only annotated frames are scored: in A2D a frame carries a mask
 when its .h5 file exists and lists the referred instance; in JHMDB every frame covered by the
-puppet mask does. Other frames have `mask_annotations[i] = None`.
+puppet mask does, or only the frames the samples metadata lists when it is present. Other frames
+have `mask_annotations[i] = None`.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -50,6 +55,7 @@ A2D_SPLITS = {"train": 0, "test": 1}
 # video T6bNPuKV-wY); such rows are dropped with a warning, any other non-integer id is an error.
 _A2D_DUPLICATE_SUFFIX = " (copy)"
 _FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+JHMDB_SAMPLES_FILE = "jhmdb_sentences_samples_metadata.json"
 
 
 # ---------------------------------------------------------------------------- mask readers
@@ -307,9 +313,25 @@ def _jhmdb_mask_shape(path: Path) -> tuple[int, int, int]:
     return shape
 
 
+def _jhmdb_chosen_frames(path: Path) -> dict[str, set[int]] | None:
+    """video -> frame numbers listed by the samples metadata file, or None without the file."""
+    if not path.is_file():
+        return None
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        chosen: dict[str, set[int]] = defaultdict(set)
+        for video, frame_path, *_ in rows:
+            chosen[str(video)].add(int(Path(frame_path).stem))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: rows must be [video, frame path, ...]: {err}") from err
+    return chosen
+
+
 def load_jhmdb_sentences(root: Path, dataset_name: str) -> list[dict[str, Any]]:
-    """Dataset dicts of JHMDB-Sentences, one per sentence; every masked frame is scored."""
+    """Dataset dicts of JHMDB-Sentences, one per sentence; every masked frame is scored, or
+    only the chosen ones when the samples metadata file is present."""
     require_dir(root, "JHMDB-Sentences root", "set $DETECTRON2_DATASETS")
+    chosen = _jhmdb_chosen_frames(root / JHMDB_SAMPLES_FILE)
     ann_file = require_file(root / "jhmdb_annotation.txt", "JHMDB sentences")
     frames_root = require_dir(root / "Rename_Images", "JHMDB frames")
     classes = _jhmdb_video_classes(frames_root)
@@ -328,7 +350,8 @@ def load_jhmdb_sentences(root: Path, dataset_name: str) -> list[dict[str, Any]]:
         for p in frames:
             t = int(p.stem) - 1  # frames are numbered from 1, part_mask's T axis from 0
             ann = {"type": "jhmdb_mat", "file": str(mat), "frame": t}
-            masks.append(ann if t < num_masks else None)
+            listed = chosen is None or int(p.stem) in chosen.get(video, ())
+            masks.append(ann if t < num_masks and listed else None)
         exp_id = str(per_video[video])
         per_video[video] += 1
         d = _video_record(dataset_name, video, exp_id, query, frames, (height, width), [1], masks)

@@ -12,12 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from rvos_d2.modeling.annotated_clips import infer_annotated_clips
 from rvos_d2.modeling.criterion import SetCriterion
 from rvos_d2.modeling.mask_branch import build_mask_branch
 from rvos_d2.modeling.matcher import MatchCostWeights, SequenceMatcher
 from rvos_d2.modeling.meta_arch.base import RVOSMetaArch
 from rvos_d2.modeling.propagation.postprocess import build_test_propagation
 from rvos_d2.modeling.query_decoder import build_query_decoder
+from rvos_d2.modeling.target_sampling import point_sampled_targets
 from rvos_d2.modeling.text_encoder import TextFeatures, build_text_encoder
 from rvos_d2.modeling.utils import resize_mask
 from rvos_d2.modeling.vl_encoder import build_vl_encoder, memory_maps
@@ -45,6 +47,21 @@ def add_referformer_config(cfg: CfgNode) -> None:
     # inference chooses the query per window of TEST.WINDOW frames (the official Ref-DAVIS17
     # inference: 36-frame clips) instead of once for the whole video
     cfg.MODEL.REFERFORMER.QUERY_PER_WINDOW = False
+    # inference decodes, from a clip of this many frames centred on it, each annotated frame
+    # only, keeping every query (official A2D / JHMDB evaluation; needs INPUT.TEST_WITH_GT); 0: off
+    cfg.MODEL.REFERFORMER.TEST_ANNOTATED_CLIPS = 0
+    # training frames are padded to a multiple of this (official: 32); 0: as SIZE_DIVISIBILITY
+    cfg.MODEL.REFERFORMER.TRAIN_SIZE_DIVISIBILITY = 0
+    # stride-4 mask targets: "area" averages each cell, "point" takes its pixel at offset 2
+    # (the official criterion and matcher)
+    cfg.MODEL.REFERFORMER.MASK_TARGETS = "area"
+    # mask losses divided by target "sequences", or by visible "frames" as every official loss
+    cfg.MODEL.REFERFORMER.MASK_LOSS_NORM = "sequences"
+    # box losses and matching costs on every frame, absent ones against a zero box (official)
+    cfg.MODEL.REFERFORMER.BOXES_ON_ALL_FRAMES = False
+    # a frozen language model still follows the model's train mode (dropout on, as the official
+    # scripts freeze it by requires_grad only); needs MODEL.TEXT_ENCODER.CACHE_SIZE 0
+    cfg.MODEL.REFERFORMER.FROZEN_TEXT_DROPOUT = False
     cfg.MODEL.REFERFORMER.MATCHER = CfgNode()  # Hungarian matching costs (set_cost_* officially)
     cfg.MODEL.REFERFORMER.MATCHER.CLASS_COST = 2.0  # referred-or-not focal cost
     cfg.MODEL.REFERFORMER.MATCHER.L1_COST = 5.0  # box L1 cost
@@ -70,10 +87,20 @@ class ReferFormer(RVOSMetaArch):
         query_decoder: nn.Module,
         mask_branch: nn.Module,
         query_per_window: bool = False,
+        test_annotated_clips: int = 0,
+        train_size_divisibility: int = 0,
+        mask_targets: str = "area",
+        frozen_text_dropout: bool = False,
         **kwargs,
     ):
         super().__init__(mask_stride=mask_branch.stride, **kwargs)
+        if mask_targets not in ("area", "point"):
+            raise ValueError(f"MODEL.REFERFORMER.MASK_TARGETS={mask_targets!r}: 'area' or 'point'")
         self.query_per_window = query_per_window
+        self.test_annotated_clips = test_annotated_clips
+        self.train_size_divisibility = train_size_divisibility or self.size_divisibility
+        self.mask_targets = mask_targets
+        self.frozen_text_dropout = frozen_text_dropout
         self.vl_encoder, self.query_decoder, self.mask_branch = (
             vl_encoder,
             query_decoder,
@@ -95,28 +122,66 @@ class ReferFormer(RVOSMetaArch):
             "loss_mask": rf.MASK_WEIGHT,
             "loss_search": rf.SEARCH_WEIGHT,
         }
-        losses = ["labels", "boxes", "masks"]
+        losses = ["labels", "boxes_all_frames" if rf.BOXES_ON_ALL_FRAMES else "boxes", "masks"]
         if cfg.MODEL.QUERY_DECODER.REFERENCE_SEARCH:
             losses.append("search")
         coarsest = max(s.stride for s in shapes.values())
+        if rf.FROZEN_TEXT_DROPOUT and cfg.MODEL.TEXT_ENCODER.CACHE_SIZE:
+            raise ValueError(
+                "MODEL.REFERFORMER.FROZEN_TEXT_DROPOUT needs MODEL.TEXT_ENCODER.CACHE_SIZE 0 "
+                "(cached text features would freeze one dropout draw)"
+            )
+        matcher = SequenceMatcher(costs, boxes_on_all_frames=rf.BOXES_ON_ALL_FRAMES)
         return {
             "backbone": backbone,
             "text_encoder": build_text_encoder(cfg, cfg.MODEL.DEFORMABLE_TRANSFORMER.HIDDEN_DIM),
             "vl_encoder": build_vl_encoder(cfg, shapes),
             "query_decoder": build_query_decoder(cfg),
             "mask_branch": build_mask_branch(cfg, shapes),
-            "criterion": SetCriterion(SequenceMatcher(costs), weights, losses),
+            "criterion": SetCriterion(matcher, weights, losses, mask_norm=rf.MASK_LOSS_NORM),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "size_divisibility": rf.SIZE_DIVISIBILITY or max(backbone.size_divisibility, coarsest),
             "test_window": cfg.TEST.WINDOW,
             "propagation": build_test_propagation(cfg),
             "query_per_window": rf.QUERY_PER_WINDOW,
+            "test_annotated_clips": rf.TEST_ANNOTATED_CLIPS,
+            "train_size_divisibility": rf.TRAIN_SIZE_DIVISIBILITY,
+            "mask_targets": rf.MASK_TARGETS,
+            "frozen_text_dropout": rf.FROZEN_TEXT_DROPOUT,
         }
+
+    def train(self, mode: bool = True) -> ReferFormer:
+        """With `frozen_text_dropout`, the frozen language model follows `mode` too."""
+        super().train(mode)
+        if self.frozen_text_dropout:
+            self.text_encoder.language_model.train(mode)
+        return self
+
+    def preprocess(self, videos: list[torch.Tensor]) -> ImageList:
+        """The base's frames, padded to `train_size_divisibility` in training."""
+        if not self.training:
+            return super().preprocess(videos)
+        mean, std = self.pixel_mean, self.pixel_std
+        frames = [(f.to(self.device).float() - mean) / std for v in videos for f in v]
+        return ImageList.from_tensors(frames, self.train_size_divisibility)
+
+    def prepare_targets(self, batched_inputs, images: ImageList) -> list[dict[str, torch.Tensor]]:
+        """The base's targets; with point `mask_targets`, masks sampled as the official code."""
+        targets = super().prepare_targets(batched_inputs, images)
+        if self.mask_targets == "point":
+            size = tuple(images.tensor.shape[-2:])
+            for target, video in zip(targets, batched_inputs):
+                frames = video["instances"]
+                target["masks"] = point_sampled_targets(frames, size, self.mask_stride, self.device)
+        return targets
 
     def inference_video(self, video: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The base's inference; with `query_per_window`, each window of TEST.WINDOW frames is
-        decoded as a video of its own, with its own query."""
+        decoded as a video of its own, with its own query; with `test_annotated_clips`, only the
+        annotated frames, each from its own clip (annotated_clips.py)."""
+        if self.test_annotated_clips:
+            return infer_annotated_clips(self, video, self.test_annotated_clips)
         if not self.query_per_window:
             return super().inference_video(video)
         frames, window = video["image"], self.test_window
@@ -127,11 +192,21 @@ class ReferFormer(RVOSMetaArch):
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     def predict(
-        self, images: ImageList, text: TextFeatures, num_frames: int, all_layers: bool
+        self,
+        images: ImageList,
+        text: TextFeatures,
+        num_frames: int,
+        all_layers: bool,
+        frame: int | None = None,
     ) -> dict[str, Any]:
         """Per-frame predictions of len(images) / num_frames videos (layout: SequenceMatcher);
-        with `all_layers`, earlier decoder layers go to "aux_outputs"."""
+        with `all_layers`, earlier decoder layers go to "aux_outputs"; with `frame`, only that
+        frame of each clip is decoded after the backbone (T = 1)."""
         features, padding, sizes = self.frame_features(images, num_frames)
+        if frame is not None:
+            keep = torch.arange(frame, len(sizes), num_frames, device=sizes.device)
+            features = {name: f[keep] for name, f in features.items()}
+            padding, sizes, num_frames = padding[keep], sizes[keep], 1
         frame_text = text.per_frame(num_frames)
         words, word_mask = frame_text.word_feats, frame_text.word_mask
         enc = self.vl_encoder(features, padding, words, word_mask)
