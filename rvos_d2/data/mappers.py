@@ -39,7 +39,7 @@ from rvos_d2.data.transforms import (
     make_pseudo_video,
     swap_left_right,
 )
-from rvos_d2.utils.image_io import read_image
+from rvos_d2.data.video_frames import VideoFrames, check_image_format
 
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
@@ -70,45 +70,24 @@ def _describe(dataset_dict: dict[str, Any]) -> str:
     )
 
 
-class _VideoReader:
-    """Reads frames and target masks of one dataset dict on demand, checking that sizes agree."""
+class _VideoReader(VideoFrames):
+    """Frames (cached: the reference search may read them first) and target masks on demand."""
 
     def __init__(self, dataset_dict: dict[str, Any], image_format: str, label: str):
-        self._dict = dataset_dict
-        self._format = image_format
-        self._label = label
+        super().__init__(dataset_dict, image_format, label)
         self._frames: dict[int, np.ndarray] = {}
         self._masks: dict[int, np.ndarray | None] = {}
-        height, width = dataset_dict.get("height"), dataset_dict.get("width")
-        self.size: tuple[int, int] | None = None
-        self._size_source = "the dataset dict"
-        if height is not None and width is not None:
-            self.size = (int(height), int(width))
 
     def frame(self, idx: int) -> np.ndarray:
         if idx not in self._frames:
-            path = self._dict["file_names"][idx]
-            try:
-                image = read_image(path, format=self._format)
-            except FileNotFoundError as err:
-                raise FileNotFoundError(f"{self._label}: frame file {path} does not exist") from err
-            except (OSError, ValueError, SyntaxError) as err:
-                raise OSError(f"{self._label}: cannot read frame {path}: {err}") from err
-            if self.size is None:
-                self.size, self._size_source = image.shape[:2], f"its first read frame {path}"
-            elif image.shape[:2] != self.size:
-                raise ValueError(
-                    f"{self._label}: frame {path} has size {image.shape[:2]} (h, w) but "
-                    f"{self._size_source} says {self.size}; all frames of a video need one size"
-                )
-            self._frames[idx] = image
+            self._frames[idx] = super().frame(idx)
         return self._frames[idx]
 
     def mask(self, idx: int) -> np.ndarray | None:
         if idx not in self._masks:
             if self.size is None:
                 self.frame(idx)
-            sized = {**self._dict, "height": self.size[0], "width": self.size[1]}
+            sized = {**self.dict, "height": self.size[0], "width": self.size[1]}
             self._masks[idx] = load_target_mask(sized, idx)
         return self._masks[idx]
 
@@ -131,10 +110,7 @@ class RVOSDatasetMapper:
         test_frame_stride: int = 1,
         test_with_gt: bool = False,
     ):
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(
-                f"RVOSDatasetMapper: image_format must be RGB or BGR, got {image_format}"
-            )
+        check_image_format("RVOSDatasetMapper", image_format)
         if sampling_frame_num < 1 or sampling_frame_range < 0 or sampling_reference_tries < 1:
             raise ValueError(
                 "RVOSDatasetMapper needs sampling_frame_num >= 1, sampling_frame_range >= 0, "
@@ -176,15 +152,13 @@ class RVOSDatasetMapper:
         expression = dataset_dict.get("expression")
         if not isinstance(expression, str) or not expression.strip():
             raise ValueError(f"{label}: empty or missing expression ({expression!r})")
-        if not dataset_dict.get("file_names"):
-            raise ValueError(f"{label}: no frames (file_names is empty)")
+        reader = _VideoReader(dataset_dict, self.image_format, label)
         annotations = dataset_dict.get("mask_annotations")
         if annotations is not None and len(annotations) != len(dataset_dict["file_names"]):
             raise ValueError(
                 f"{label}: {len(annotations)} mask_annotations for "
                 f"{len(dataset_dict['file_names'])} frames"
             )
-        reader = _VideoReader(dataset_dict, self.image_format, label)
         if self.is_train:
             frame_ids, frames, masks, annotated = self._training_clip(dataset_dict, reader, label)
         else:

@@ -35,7 +35,7 @@ from rvos_d2.data.transforms import (
     build_pseudo_video_affine,
     make_pseudo_video,
 )
-from rvos_d2.utils.image_io import read_image
+from rvos_d2.data.video_frames import VideoFrames, check_image_format
 
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
@@ -63,56 +63,30 @@ def _objects_in(id_map: np.ndarray) -> list[int]:
     return [int(k) for k in np.unique(id_map) if k not in (0, VOID_ID)]
 
 
-class _VOSVideo:
-    """Reads the frames and id maps of one dataset dict on demand, checking sizes agree."""
+class _VOSVideo(VideoFrames):
+    """Frames and (cached) id maps of one VOS dataset dict, one annotation entry per frame."""
 
     def __init__(self, dataset_dict: dict[str, Any], image_format: str):
-        self.dict = dataset_dict
-        self.label = (
+        label = (
             f"{dataset_dict.get('dataset_name', '<dataset>')} video "
             f"{dataset_dict.get('video_id')!r}"
         )
-        self._format = image_format
+        super().__init__(dataset_dict, image_format, label)
         self._id_maps: dict[int, np.ndarray | None] = {}
-        height, width = dataset_dict.get("height"), dataset_dict.get("width")
-        self.size = None if height is None or width is None else (int(height), int(width))
-        files = dataset_dict.get("file_names")
-        if not files:
-            raise ValueError(f"{self.label}: no frames (file_names is empty)")
-        anns = dataset_dict.get("mask_annotations")
+        anns, files = dataset_dict.get("mask_annotations"), dataset_dict["file_names"]
         if anns is None or len(anns) != len(files):
             raise ValueError(
-                f"{self.label}: needs one mask_annotations entry (or None) per frame, got "
+                f"{label}: needs one mask_annotations entry (or None) per frame, got "
                 f"{None if anns is None else len(anns)} for {len(files)} frames"
             )
-
-    def frame(self, idx: int) -> np.ndarray:
-        path = self.dict["file_names"][idx]
-        try:
-            image = read_image(path, format=self._format)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{self.label}: frame file {path} does not exist") from err
-        except (OSError, ValueError, SyntaxError) as err:
-            raise OSError(f"{self.label}: cannot read frame {path}: {err}") from err
-        self._check_size(image.shape[:2], path)
-        return image
 
     def id_map(self, idx: int) -> np.ndarray | None:
         if idx not in self._id_maps:
             ids = load_id_map(self.dict, idx)
             if ids is not None:
-                self._check_size(ids.shape, self.dict["mask_annotations"][idx].get("file"))
+                self.check_size(ids.shape, self.dict["mask_annotations"][idx].get("file"))
             self._id_maps[idx] = ids
         return self._id_maps[idx]
-
-    def _check_size(self, size: tuple[int, int], path: str | None) -> None:
-        if self.size is None:
-            self.size = tuple(size)
-        elif tuple(size) != self.size:
-            raise ValueError(
-                f"{self.label}: {path} has size {tuple(size)} (h, w) but the video is "
-                f"{self.size}; all frames and annotations of a video need one size"
-            )
 
 
 @DATASET_MAPPER_REGISTRY.register()
@@ -133,10 +107,7 @@ class VOSDatasetMapper:
         sampling_tries: int = 5,
         pseudo_video_affine: RandomAffine | None = None,
     ):
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(
-                f"VOSDatasetMapper: image_format must be RGB or BGR, got {image_format}"
-            )
+        check_image_format("VOSDatasetMapper", image_format)
         if min(sampling_frame_num, max_objects, max_jump, sampling_tries) < 1:
             raise ValueError(
                 "VOSDatasetMapper needs INPUT.SAMPLING_FRAME_NUM, INPUT.VOS.MAX_OBJECTS, "
