@@ -53,18 +53,44 @@ def write_submission_zip(output_dir: str, relative_paths: list[str]) -> str:
     return zip_path
 
 
+def require_output_dir(dataset_name: str, output_dir: str | None) -> str:
+    """The directory a submission of `dataset_name` (a split without masks) is written to."""
+    if not output_dir:
+        raise ValueError(
+            f"dataset {dataset_name!r} has no masks: an output directory is needed to write "
+            f"its submission"
+        )
+    return output_dir
+
+
+def finish_submission(
+    written: list[str], dataset_name: str, output_dir: str, distributed: bool, what: str
+) -> None:
+    """Gathers the files every process wrote (`what` they hold, for the log) and, in the main
+    process, packs them into the submission zip."""
+    written = gather_records(written, distributed)
+    if written is None:
+        return
+    if not written:
+        logger.warning("no predictions for %s: no submission written", dataset_name)
+        return
+    zip_path = write_submission_zip(output_dir, written)
+    logger.info(
+        "%s has no public masks: %d %s written to %s for the challenge server; no metrics computed",
+        dataset_name,
+        len(written),
+        what,
+        zip_path,
+    )
+
+
 @EVALUATOR_REGISTRY.register_as("rvos_submission")
 class RVOSSubmissionWriter(DatasetEvaluator):
     """Writes the masks of a split without ground truth for a challenge server; no metrics."""
 
     def __init__(self, dataset_name: str, output_dir: str | None, distributed: bool = True):
-        if not output_dir:
-            raise ValueError(
-                f"dataset {dataset_name!r} has no masks: an output directory is needed to write "
-                f"its submission"
-            )
         self._dataset_name = dataset_name
-        self._output_dir = output_dir
+        self._output_dir = require_output_dir(dataset_name, output_dir)
         self._distributed = distributed
         self._index = index_dataset(dataset_name)
         self._written: list[str] = []
@@ -84,18 +110,11 @@ class RVOSSubmissionWriter(DatasetEvaluator):
                 self._written.append(rel)
 
     def evaluate(self) -> dict:
-        written = gather_records(self._written, self._distributed)
-        if written is None:
-            return {}
-        if not written:
-            logger.warning("no predictions for %s: no submission written", self._dataset_name)
-            return {}
-        zip_path = write_submission_zip(self._output_dir, written)
-        logger.info(
-            "%s has no public masks: %d predicted masks written to %s for the challenge server; "
-            "no metrics computed",
+        finish_submission(
+            self._written,
             self._dataset_name,
-            len(written),
-            zip_path,
+            self._output_dir,
+            self._distributed,
+            "predicted masks",
         )
         return {}

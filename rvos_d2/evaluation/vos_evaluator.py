@@ -40,7 +40,11 @@ from rvos_d2.data.datasets.vos import load_id_map
 from rvos_d2.evaluation import metrics
 from rvos_d2.evaluation.build import EVALUATOR_REGISTRY
 from rvos_d2.evaluation.predictions import gather_records
-from rvos_d2.evaluation.submission import ANNOTATIONS_DIR, write_submission_zip
+from rvos_d2.evaluation.submission import (
+    ANNOTATIONS_DIR,
+    finish_submission,
+    require_output_dir,
+)
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -171,11 +175,8 @@ class VOSEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._distributed = distributed
         self._has_masks = bool(MetadataCatalog.get(dataset_name).get("has_masks", True))
-        if not self._has_masks and not output_dir:
-            raise ValueError(
-                f"dataset {dataset_name!r} has no masks: an output directory is needed to write "
-                f"its submission"
-            )
+        if not self._has_masks:
+            require_output_dir(dataset_name, output_dir)
         self._index: dict[str, dict[str, Any]] = {}
         for d in DatasetCatalog.get(dataset_name):
             if d["video_id"] in self._index:
@@ -231,7 +232,10 @@ class VOSEvaluator(DatasetEvaluator):
 
     def evaluate(self) -> OrderedDict[str, dict[str, float]] | dict:
         if not self._has_masks:
-            return self._write_submission()
+            finish_submission(
+                self._written, self._dataset_name, self._output_dir, self._distributed, "label maps"
+            )
+            return {}
         records = gather_records(self._records, self._distributed)
         if records is None:
             return {}
@@ -259,22 +263,6 @@ class VOSEvaluator(DatasetEvaluator):
             self._write_csv(records, path)
             logger.info("per-object J&F of %s written to %s", self._dataset_name, path)
         return OrderedDict(vos=dict(summary))
-
-    def _write_submission(self) -> dict:
-        written = gather_records(self._written, self._distributed)
-        if written is None:
-            return {}
-        if not written:
-            logger.warning("no predictions for %s: no submission written", self._dataset_name)
-            return {}
-        zip_path = write_submission_zip(self._output_dir, written)
-        logger.info(
-            "%s has no public masks: %d label maps written to %s for the challenge server",
-            self._dataset_name,
-            len(written),
-            zip_path,
-        )
-        return {}
 
     @staticmethod
     def _write_csv(records: list[dict[str, Any]], path: str) -> None:
