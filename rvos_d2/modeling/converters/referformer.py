@@ -147,13 +147,19 @@ def input_proj_key(key: str) -> str | None:
     return f"{INPUT_PROJ_EXTRA}.{level - TRANSFORMER_BACKBONE_LEVELS}.{part}.{name}"
 
 
-def _convert_head(key: str) -> str | None:
-    for pattern, replacement in HEAD_RULES:
+def head_key(key: str, rules: Iterable[tuple[str, str]]) -> str | None:
+    """The rvos_d2 name of an official head key by the first of `rules` (pattern, replacement)
+    that matches it in full, else by the input-projection rule (None when neither applies)."""
+    for pattern, replacement in rules:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, replacement, key)
-    projected = input_proj_key(key)
-    if projected is not None:
-        return projected
+    return input_proj_key(key)
+
+
+def _convert_head(key: str) -> str | None:
+    renamed = head_key(key, HEAD_RULES)
+    if renamed is not None:
+        return renamed
     match = re.fullmatch(r"pixel_decoder\.(adapter|layer|cross_attn)_(\d)\.(.+)", key)
     if match:
         part, k, rest = match.groups()

@@ -21,7 +21,7 @@ from torch import Tensor
 from rvos_d2.modeling.converters.referformer import (
     BACKBONE,
     DECODER_BOX_ALIAS,
-    input_proj_key,
+    head_key,
     rename_official,
     rule_state_dict,
 )
@@ -103,12 +103,9 @@ def convert_soc(weights: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _convert_head(key: str) -> str | None:
-    for pattern, replacement in HEAD_RULES:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, replacement, key)
-    projected = input_proj_key(key)
-    if projected is not None:
-        return projected
+    renamed = head_key(key, HEAD_RULES)
+    if renamed is not None:
+        return renamed
     match = re.fullmatch(r"spatial_decoder\.(lay|gn)(\d)\.(weight|bias)", key)
     if match and int(match.group(2)) in SPATIAL_LAYERS:
         norm = ".norm" if match.group(1) == "gn" else ""
