@@ -212,3 +212,15 @@ def test_truncated_frame_names_the_file(vos_dicts, tmp_path):
     d["file_names"] = [str(broken)] + d["file_names"][1:]
     with pytest.raises(OSError, match="cut.jpg"):
         _mapper(False)(d)
+
+
+def test_annotation_of_another_size_names_the_file(vos_dicts, tmp_path):
+    d = dict(vos_dicts["ytvos2019_vos_valid"]["v_a"])
+    first = d["mask_annotations"][0]
+    with Image.open(first["file"]) as img:
+        smaller = img.resize((img.width // 2, img.height // 2), Image.NEAREST)
+    smaller.save(tmp_path / "half.png")
+    rest = d["mask_annotations"][1:]
+    d["mask_annotations"] = [{**first, "file": str(tmp_path / "half.png")}, *rest]
+    with pytest.raises(ValueError, match=r"v_a'.*half\.png has size .*need one size"):
+        _mapper(False)(d)
