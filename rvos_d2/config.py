@@ -12,6 +12,7 @@ from os import PathLike
 from rvos_d2.data.vos_config import add_vos_data_config
 from rvos_d2.modeling.backbone.config import add_backbone_config
 from rvos_d2.modeling.mask_branch import add_mask_branch_config
+from rvos_d2.modeling.meta_arch.dense_attributes import add_dense_attribute_config
 from rvos_d2.modeling.meta_arch.referformer import add_referformer_config
 from rvos_d2.modeling.mlrl.config import add_mlrl_config
 from rvos_d2.modeling.propagation.config import add_propagation_config
@@ -87,6 +88,7 @@ def add_rvos_config(cfg: CN) -> None:
     add_propagation_config(cfg)
     add_test_propagation_config(cfg)
     add_topdown_config(cfg)
+    add_dense_attribute_config(cfg)
 
 
 def load_config(config_file: str | PathLike | None, opts: Sequence[str] = ()) -> CN:

@@ -82,7 +82,14 @@ def test_config_builds_and_trains_one_step(path, capsys):
     torch.manual_seed(0)
     model = build_model(cfg).train()
     num_frames = cfg.INPUT.SAMPLING_FRAME_NUM
-    losses = model([make_clip(num_frames, 96, 96)])
+    clip = make_clip(num_frames, 96, 96)
+    if cfg.MODEL.META_ARCHITECTURE == "DenseAttributeClassifier":  # per-pixel classes at 1/4
+        attributes = cfg.MODEL.DENSE_ATTRIBUTES
+        clip["attribute_labels"] = {
+            name: torch.randint(0, n + 1, (num_frames, 24, 24))
+            for name, n in zip(attributes.NAMES, attributes.NUM_CLASSES)
+        }
+    losses = model([clip])
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from rvos_d2.config import load_config
-from rvos_d2.engine.attribute_pretraining import backbone_checkpoint
+from rvos_d2.engine.attribute_pretraining import attribute_config, backbone_checkpoint
 from rvos_d2.utils.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_main_job_prints_metrics_json_last(synth_root, tmp_path, monkeypatch, ca
     job = _load_tool("run_main_job")
     backbone = tmp_path / "backbone" / "attributes.pth"
     opts = [
-        *SMALL_MODEL,
+        *SMALL_MODEL[2:],  # the backbone keeps the width that the pretraining config gives it
         "SOLVER.MAX_ITER",
         "2",
         "SOLVER.IMS_PER_BATCH",
@@ -130,6 +130,8 @@ def test_main_job_prints_metrics_json_last(synth_root, tmp_path, monkeypatch, ca
     args = ["--output-dir", str(tmp_path / "out"), "--pretrain-iterations", "2", *opts]
     assert job.main(args) == 0
     assert backbone.exists()  # pretrained first, since it was missing
+    assert torch.load(backbone, weights_only=True)["pretraining"]["iterations"] == 2
+    assert (tmp_path / "backbone" / "attributes" / "model_final.pth").exists()  # its trainer run
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     splits = ("rvos_synth_valid", "rvos_synth_valid_motion", "rvos_synth_valid_unseen_phrasing")
     assert set(summary) == {*splits, "seconds"}
@@ -145,7 +147,10 @@ def test_main_job_prints_metrics_json_last(synth_root, tmp_path, monkeypatch, ca
 
 def test_main_job_checks_a_reused_backbone_against_its_pretraining(tmp_path, monkeypatch, capsys):
     job = _load_tool("run_main_job")
-    attributes = job.PRETRAIN_ATTRIBUTES.split(",")
+    pretrain_cfg = attribute_config(
+        job.PRETRAIN_CONFIG, tmp_path / "x.pth", ["SOLVER.MAX_ITER", 1200]
+    )
+    attributes = list(pretrain_cfg.MODEL.DENSE_ATTRIBUTES.NAMES)
     files = {
         "same": {"attributes": attributes, "iterations": 1200, "lr": 1e-3},
         "shorter": {"attributes": attributes, "iterations": 600},
@@ -154,19 +159,23 @@ def test_main_job_checks_a_reused_backbone_against_its_pretraining(tmp_path, mon
     }
     for name, record in files.items():
         torch.save(backbone_checkpoint(nn.Linear(2, 2), record), tmp_path / f"{name}.pth")
-    assert job.pretraining_mismatch(str(tmp_path / "same.pth"), 1200) is None
+    assert job.pretraining_mismatch(str(tmp_path / "same.pth"), pretrain_cfg) is None
     assert "iterations 600 (this job: 1200)" in job.pretraining_mismatch(
-        str(tmp_path / "shorter.pth"), 1200
+        str(tmp_path / "shorter.pth"), pretrain_cfg
     )
-    assert "attributes ['category']" in job.pretraining_mismatch(str(tmp_path / "other.pth"), 1200)
-    assert "no pretraining settings" in job.pretraining_mismatch(str(tmp_path / "none.pth"), 1200)
+    assert "attributes ['category']" in job.pretraining_mismatch(
+        str(tmp_path / "other.pth"), pretrain_cfg
+    )
+    assert "no pretraining settings" in job.pretraining_mismatch(
+        str(tmp_path / "none.pth"), pretrain_cfg
+    )
     (tmp_path / "zoo.pkl").write_bytes(b"not a PyTorch file")
-    assert "no pretraining settings" in job.pretraining_mismatch(str(tmp_path / "zoo.pkl"), 1200)
+    assert "no pretraining settings" in job.pretraining_mismatch(
+        str(tmp_path / "zoo.pkl"), pretrain_cfg
+    )
 
     # An existing file is used as it is, never pretrained over.
-    monkeypatch.setattr(
-        job, "pretrain_config_backbone", lambda *a, **k: pytest.fail("pretrained again")
-    )
+    monkeypatch.setattr(job, "pretrain_backbone", lambda *a, **k: pytest.fail("pretrained again"))
     shorter = tmp_path / "shorter.pth"
     before = shorter.read_bytes()
     cfg = load_config(TINY_CONFIG, ["MODEL.WEIGHTS", str(shorter)])

@@ -15,6 +15,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "Synthetic"
 # Semi-supervised VOS models take reference masks instead of a sentence (own tests).
 VOS_MODELS = {"SpaceTimeMemoryNetwork"}
+# Backbone pretraining models classify pixels and segment nothing (own tests).
+PRETRAINING_MODELS = {"DenseAttributeClassifier"}
 
 
 def _synthetic_configs() -> dict[str, Path]:
@@ -28,7 +30,7 @@ def _synthetic_configs() -> dict[str, Path]:
 RVOS_MODELS = sorted(
     name
     for name, cls in META_ARCH_REGISTRY
-    if cls.__module__.startswith("rvos_d2.") and name not in VOS_MODELS
+    if cls.__module__.startswith("rvos_d2.") and name not in VOS_MODELS | PRETRAINING_MODELS
 )
 
 

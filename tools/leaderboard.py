@@ -53,7 +53,6 @@ REFERENCE = "ReferFormer-tiny"
 SPLITS = ("rvos_synth_valid", "rvos_synth_valid_motion", "rvos_synth_valid_unseen_phrasing")
 CALIBRATION_ITERS = 6  # the first is a warm-up and is not timed
 PRETRAIN_ITERATIONS = 1200
-PRETRAIN_ATTRIBUTES = "category,colour,size,motion"
 STCN_CONFIG = CONFIG_DIR / "STCN-tiny.yaml"
 STCN_WEIGHTS = ROOT / "output" / "stcn_tiny_trained" / "model_final.pth"
 METRICS = ("J", "F", "JF", "prec@0.5", "IoU_variance", "JF_variance")
@@ -195,15 +194,15 @@ def ensure_dataset() -> None:
         subprocess.run([sys.executable, str(script), "--output", str(root)], check=True)
 
 
-def pretrain_backbone(config_file: Path, weights: str) -> dict[str, Any] | None:
+def pretrain_backbone(weights: str) -> dict[str, Any] | None:
     """Writes MODEL.WEIGHTS (the tiny backbone pretrained on the training videos' object
-    attributes) when it is missing; returns the pretraining record the file holds."""
+    attributes, configs/Synthetic/Attributes-tiny.yaml) when it is missing; returns the
+    pretraining record the file holds."""
     if not weights:
         return None
     if not Path(weights).exists():
         script = ROOT / "tools" / "pretrain_backbone.py"
-        args = ["--config-file", str(config_file), "--attributes", PRETRAIN_ATTRIBUTES]
-        args += ["--iterations", str(PRETRAIN_ITERATIONS), "--output", weights]
+        args = ["--iterations", str(PRETRAIN_ITERATIONS), "--output", weights]
         subprocess.run([sys.executable, str(script), *args], check=True)
     if weights.endswith(".pkl"):
         return None
@@ -465,7 +464,7 @@ def default_budget(out: Path) -> dict:
         return json.loads(path.read_text())
     config_file = CONFIG_DIR / f"{REFERENCE}.yaml"
     cfg = run_cfg(config_file, out / REFERENCE / "calibration")
-    pretrain_backbone(config_file, cfg.MODEL.WEIGHTS)
+    pretrain_backbone(cfg.MODEL.WEIGHTS)
     calibration = cfg.clone()
     calibration.merge_from_list(["SOLVER.MAX_ITER", str(CALIBRATION_ITERS)])
     clock = _CpuClock()
@@ -537,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     pretraining = {}
     for method, config_file in configs.items():
         cfg = load_config(config_file)
-        record = pretrain_backbone(config_file, cfg.MODEL.WEIGHTS)
+        record = pretrain_backbone(cfg.MODEL.WEIGHTS)
         if record is not None:
             pretraining[cfg.MODEL.WEIGHTS] = record
         variants = variants_of(cfg, args.variants, propagation)

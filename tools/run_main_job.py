@@ -3,7 +3,8 @@
 
 In one process: generates the synthetic RVOS dataset under $DETECTRON2_DATASETS/rvos_synth when
 absent, pretrains the backbone named by MODEL.WEIGHTS on the training videos' object attributes
-when that file is absent (as tools/pretrain_backbone.py does), trains
+with configs/Synthetic/Attributes-tiny.yaml when that file is absent (as
+tools/pretrain_backbone.py does), trains
 configs/Synthetic/ReferFormer-tiny.yaml on the CPU (resuming an interrupted run), evaluates the
 valid splits, writes an overlay video of one validation video, and prints as its last line one
 JSON object:
@@ -30,8 +31,12 @@ from rvos_d2.config import load_config
 from rvos_d2.data.mappers import RVOSDatasetMapper
 from rvos_d2.data.prepare.synthetic import DEFAULT_VIDEOS, generate_dataset
 from rvos_d2.engine import RVOSTrainer
-from rvos_d2.engine.attribute_pretraining import pretrain_config_backbone
-from rvos_d2.engine.checkpoint import load_checkpoint_file
+from rvos_d2.engine.attribute_pretraining import (
+    attribute_config,
+    pretrain_backbone,
+    pretraining_record,
+    read_pretraining_record,
+)
 from rvos_d2.utils.video_io import read_video_frames, write_overlay_video
 
 from detectron2.config import CfgNode
@@ -43,7 +48,8 @@ logger = logging.getLogger("rvos_d2.main_job")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "Synthetic" / "ReferFormer-tiny.yaml"
 SPLITS = ("rvos_synth_valid", "rvos_synth_valid_motion", "rvos_synth_valid_unseen_phrasing")
-PRETRAIN_ATTRIBUTES = "category,colour,size,motion"  # object fields of the synthetic meta.json
+PRETRAIN_CONFIG = ROOT / "configs" / "Synthetic" / "Attributes-tiny.yaml"
+CHECKED_PRETRAINING = ("attributes", "iterations")  # a reused MODEL.WEIGHTS must match these
 
 
 def ensure_synthetic_dataset() -> Path:
@@ -56,14 +62,14 @@ def ensure_synthetic_dataset() -> Path:
     return root
 
 
-def pretraining_mismatch(weights: str, iterations: int) -> str | None:
-    """Why an existing MODEL.WEIGHTS file is not what this job would pretrain (its recorded
-    attributes or iterations differ, or it records none), or None when it matches."""
-    # detectron2 model-zoo pickles hold no record; pretrain_backbone writes PyTorch files
-    record = None if weights.endswith(".pkl") else load_checkpoint_file(weights).get("pretraining")
+def pretraining_mismatch(weights: str, pretrain_cfg: CfgNode) -> str | None:
+    """Why an existing MODEL.WEIGHTS file is not what this job would pretrain with `pretrain_cfg`
+    (its recorded attributes or iterations differ, or it records none), or None when it
+    matches."""
+    record = read_pretraining_record(weights)
     if record is None:
         return "it records no pretraining settings (written by another tool or an older version)"
-    wanted = {"attributes": PRETRAIN_ATTRIBUTES.split(","), "iterations": iterations}
+    wanted = {k: pretraining_record(pretrain_cfg)[k] for k in CHECKED_PRETRAINING}
     differing = [
         f"{k} {record.get(k)} (this job: {v})" for k, v in wanted.items() if record.get(k) != v
     ]
@@ -71,14 +77,17 @@ def pretraining_mismatch(weights: str, iterations: int) -> str | None:
 
 
 def ensure_pretrained_backbone(cfg: CfgNode, iterations: int) -> None:
-    """Pretrains the backbone into MODEL.WEIGHTS (`pretrain_config_backbone`) when it names a
-    missing file (and logs its attribute accuracy on the valid split). An existing file is used
-    as it is, with a warning when it was not pretrained as this job would pretrain it."""
+    """Pretrains the backbone into MODEL.WEIGHTS (`pretrain_backbone` with PRETRAIN_CONFIG for
+    `iterations`, on the device of `cfg`) when it names a missing file; the trainer logs its
+    attribute accuracy on the valid split. An existing file is used as it is, with a warning
+    when it was not pretrained as this job would pretrain it."""
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         return
+    opts = ["SOLVER.MAX_ITER", str(iterations), "MODEL.DEVICE", cfg.MODEL.DEVICE]
+    pretrain_cfg = attribute_config(PRETRAIN_CONFIG, weights, opts)
     if Path(weights).exists():
-        mismatch = pretraining_mismatch(weights, iterations)
+        mismatch = pretraining_mismatch(weights, pretrain_cfg)
         if mismatch:
             print(
                 f"warning: using MODEL.WEIGHTS {weights} as it is, although {mismatch}; "
@@ -86,14 +95,7 @@ def ensure_pretrained_backbone(cfg: CfgNode, iterations: int) -> None:
                 file=sys.stderr,
             )
         return
-    pretrain_config_backbone(
-        cfg,
-        ensure_synthetic_dataset(),
-        PRETRAIN_ATTRIBUTES.split(","),
-        Path(weights),
-        eval_split="valid",
-        iterations=iterations,
-    )
+    pretrain_backbone(pretrain_cfg, weights)  # on the dataset that main() ensures
 
 
 def build_cfg(config_file: Path, output_dir: Path, opts: list[str]) -> CfgNode:
