@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 @EVALUATOR_REGISTRY.register_as("attributes")
 class AttributeAccuracyEvaluator(DatasetEvaluator):
-    """Pools correct and labelled object pixels per attribute over the dataset."""
+    """Pools correct and labelled object pixels per attribute over the dataset; writes no file
+    (`output_dir` is accepted as EVALUATOR_REGISTRY passes it to every evaluator)."""
 
     def __init__(self, dataset_name: str, output_dir: str | None = None, distributed: bool = True):
         self._dataset_name = dataset_name
