@@ -20,28 +20,11 @@ group separately and averages, so the metadata names these keys in `eval_group_b
 from __future__ import annotations
 
 import functools
-import json
-import logging
-import os
-import re
-import shutil
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from rvos_d2.data.datasets.ref_ytvos import load_ref_ytvos, read_videos
-from rvos_d2.data.datasets.registration import (
-    clean_expression,
-    datasets_root,
-    register_lazy,
-    require_dir,
-    require_file,
-)
-
-logger = logging.getLogger(__name__)
+from rvos_d2.data.datasets.registration import datasets_root, register_lazy
 
 # expression type -> tag in exp_id
 EXPRESSION_TYPE_TAGS = {"first_frame": "first", "full_video": "full"}
