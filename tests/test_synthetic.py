@@ -23,6 +23,7 @@ from rvos_d2.data.prepare.synthetic_language import (
     HELD_OUT_WORDS,
     MOTION_PHRASES,
     RELATION_PHRASES,
+    SENTENCE_FORMS,
     SHAPE_WORDS,
     SIZE_WORDS,
     Wording,
@@ -322,6 +323,15 @@ def test_the_grammar_draws_several_forms_for_one_spec():
     assert any(t.startswith("segment ") for t in texts)
     assert any(" that is " in t for t in texts)
     assert all(not words_of(t) & HELD_OUT_WORDS for t in texts)
+
+
+def test_held_out_phrasing_draws_every_held_out_sentence_form():
+    rng = np.random.default_rng(2)
+    attributes = (("shape", "star"),)
+    texts = [phrase(attributes, "appearance", rng, held_out=True) for _ in range(300)]
+    for form in SENTENCE_FORMS.held_out:
+        prefix = form.split("{e}")[0]
+        assert any(t.startswith(prefix) for t in texts), form
 
 
 def test_importing_rvos_d2_does_not_load_the_data_preparation_modules():

@@ -58,12 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     stats = generate_dataset(output, counts, args.seed, args.frames, height, width)
     elapsed = time.perf_counter() - start
     print(f"wrote {output} in {elapsed:.1f}s ({args.frames} frames of {height}x{width})")
+    name_width = max(map(len, stats))
     for split, s in stats.items():
         kinds = ", ".join(f"{k} {s[f'expressions_{k}']}" for k in EXPRESSION_TYPES)
         absent = s["target_absent_frames"] / max(1, s["target_frames"])
         print(
-            f"  {split:13s} {s['videos']:4d} videos {s['expressions']:5d} expressions ({kinds}); "
-            f"target absent in {100 * absent:.1f}% of frames"
+            f"  {split:{name_width}s} {s['videos']:4d} videos {s['expressions']:5d} expressions "
+            f"({kinds}); target absent in {100 * absent:.1f}% of frames"
         )
 
 

@@ -93,8 +93,11 @@ RELATION_PHRASES = {
         ("the lower {d}",),
     ),
 }
-# {e}: the expression
-SENTENCE_FORMS = Wording(("{e}", "{e} in the video", "segment {e}"), ("please find {e}",))
+# {e}: the expression; noun phrase, imperative, question
+SENTENCE_FORMS = Wording(
+    ("{e}", "{e} in the video", "segment {e}"),
+    ("please find {e}", "show me {e}", "where is {e}"),
+)
 # appearance only: the adjectives as a relative clause ({n} noun, {a} adjectives)
 CLAUSE_FORMS = Wording(("the {n} that is {a}",), ("the {n} which looks {a}",))
 
