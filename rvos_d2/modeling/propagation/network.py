@@ -113,6 +113,8 @@ class STCNNetwork(nn.Module):
         self.key_encoder = ResNetTrunk(key_encoder_depth, width=encoder_width, bias=False)
         channels = self.key_encoder.out_channels
         self.key_proj = nn.Conv2d(channels["res4"], key_dim, 3, padding=1)
+        nn.init.orthogonal_(self.key_proj.weight)  # as STCN: keys start spread out, not collapsed
+        nn.init.zeros_(self.key_proj.bias)
         self.key_comp = nn.Conv2d(channels["res4"], value_dim, 3, padding=1)
         self.value_encoder = ValueEncoder(
             value_encoder_depth, encoder_width, channels["res4"], value_dim

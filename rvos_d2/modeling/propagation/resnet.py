@@ -113,6 +113,20 @@ class ResNetTrunk(nn.Module):
                 channels = planes * block.expansion
             self.add_module(name, nn.Sequential(*blocks))
             self.out_channels[name] = channels
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """torchvision's ResNet initialisation (He, fan-out; unit norms), which STCN's encoders
+        start from: with STCN's frozen norm statistics, PyTorch's default convolution init would
+        shrink the activations at every stage and make untrained keys nearly constant."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         x = self.stem(x)
