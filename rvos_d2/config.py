@@ -1,7 +1,7 @@
 """rvos_d2's config: detectron2's defaults plus the keys of every rvos_d2 part and method.
 
 `add_rvos_config(cfg)` composes the config functions that live beside each part and method
-(`add_referformer_config` in meta_arch/referformer.py, ...); this file owns only the keys that
+(`add_referformer_config` in modeling/referformer/config.py, ...); this file owns only the keys that
 every method shares (INPUT, SOLVER, TEST). A YAML key that no function declares makes detectron2
 raise its usual "Non-existent config key" error.
 """
@@ -13,11 +13,11 @@ from rvos_d2.data.vos_config import add_vos_data_config
 from rvos_d2.modeling.backbone.config import add_backbone_config
 from rvos_d2.modeling.mask_branch import add_mask_branch_config
 from rvos_d2.modeling.meta_arch.dense_attributes import add_dense_attribute_config
-from rvos_d2.modeling.meta_arch.referformer import add_referformer_config
 from rvos_d2.modeling.mlrl.config import add_mlrl_config
 from rvos_d2.modeling.propagation.config import add_propagation_config
 from rvos_d2.modeling.propagation.postprocess import add_test_propagation_config
 from rvos_d2.modeling.query_decoder import add_query_decoder_config
+from rvos_d2.modeling.referformer import add_referformer_config
 from rvos_d2.modeling.soc.config import add_soc_config
 from rvos_d2.modeling.text_encoder import add_text_encoder_config
 from rvos_d2.modeling.topdown_config import add_topdown_config

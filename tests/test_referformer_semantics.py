@@ -14,11 +14,11 @@ from rvos_d2.config import load_config
 from rvos_d2.engine.optimizer import get_param_groups
 from rvos_d2.evaluation import metrics
 from rvos_d2.evaluation.a2d_evaluator import score_samples, summarize_samples
-from rvos_d2.modeling.annotated_clips import binary_masks_at_original, centred_clip
 from rvos_d2.modeling.criterion import SetCriterion
 from rvos_d2.modeling.losses import downsample_masks
 from rvos_d2.modeling.matcher import MatchCostWeights, SequenceMatcher
-from rvos_d2.modeling.target_sampling import point_sample_masks
+from rvos_d2.modeling.referformer.inference import binary_masks_at_original, centred_clip
+from rvos_d2.modeling.referformer.target_sampling import point_sample_masks
 from tests.fixtures.model import make_clip
 
 from detectron2.modeling import build_model

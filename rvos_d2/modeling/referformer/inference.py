@@ -1,23 +1,32 @@
-"""Inference on clips centred on annotated frames, as the published ReferFormer evaluates
-A2D-Sentences and JHMDB-Sentences.
+"""The published ReferFormer's two dataset-specific inference schemes.
 
-For every annotated frame a clip of T frames centred on it is read (indices beyond either end of
-the video repeat the edge frame); the backbone sees the whole clip, everything after it only the
-annotated frame, and every query slot of that frame is kept with its score. Masks are turned
-into binary masks the official way: logits upsampled bilinearly by the mask stride, thresholded
-at probability 0.5, cropped to the unpadded frame, resized to the original size by nearest
-neighbour.
+Ref-DAVIS17 (`infer_per_window`): the video is cut into windows of TEST.WINDOW frames (36 in the
+official script) and each window is decoded as a video of its own, choosing its own query.
+
+A2D-Sentences / JHMDB-Sentences (`infer_annotated_clips`): for every annotated frame a clip of T
+frames centred on it is read (indices beyond either end of the video repeat the edge frame); the
+backbone sees the whole clip, everything after it only the annotated frame, and every query slot
+of that frame is kept with its score. Masks are turned into binary masks the official way: logits
+upsampled bilinearly by the mask stride, thresholded at probability 0.5, cropped to the unpadded
+frame, resized to the original size by nearest neighbour.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["annotated_frames", "binary_masks_at_original", "centred_clip", "infer_annotated_clips"]
+__all__ = [
+    "annotated_frames",
+    "binary_masks_at_original",
+    "centred_clip",
+    "infer_annotated_clips",
+    "infer_per_window",
+]
 
 
 def centred_clip(frame: int, num_frames: int, length: int) -> tuple[list[int], int]:
@@ -85,3 +94,16 @@ def infer_annotated_clips(model: nn.Module, video: dict[str, Any], num_frames: i
             torch.stack(slot_masks) if rows else masks.new_zeros(0, num_slots, *original).bool()
         ),
     }
+
+
+def infer_per_window(
+    infer: Callable[[dict[str, Any]], dict[str, torch.Tensor]], video: dict[str, Any], window: int
+) -> dict[str, torch.Tensor]:
+    """The output contract of `infer` (a whole-video inference) with each window of `window`
+    frames decoded as a video of its own (its own query choice), concatenated in frame order."""
+    frames = video["image"]
+    parts = [
+        infer({**video, "image": frames[start : start + window]})
+        for start in range(0, frames.shape[0], window)
+    ]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
