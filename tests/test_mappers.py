@@ -184,12 +184,13 @@ def test_unannotated_frames_are_invalid_and_marked(tmp_path):
     assert valid == annotated
 
 
-def test_reference_is_always_an_annotated_frame(tmp_path):
+def test_reference_is_always_an_annotated_frame_and_its_position_is_given(tmp_path):
     d = make_video(tmp_path / "vid", length=30, unannotated=[t for t in range(30) if t != 20])
     mapper = _mapper(sampling_frame_range=2)
     for seed in range(5):
         np.random.seed(seed)
-        assert 20 in mapper(d)["frame_ids"]
+        out = mapper(d)
+        assert out["frame_ids"][out["reference_frame"]] == 20
 
 
 def test_horizontal_flip_mirrors_frames_masks_and_words(tmp_path):

@@ -296,3 +296,42 @@ def test_annotated_clips_decode_only_the_annotated_frame(referformer_cfg):
     del video["instances"]
     with pytest.raises(ValueError, match="TEST_WITH_GT"):
         model([video])
+
+
+def test_reference_frame_training_supervises_only_the_reference_frame(referformer_cfg):
+    cfg = _with(referformer_cfg, TRAIN_REFERENCE_FRAME_ONLY=True)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    batch = [make_clip(3, 48, 64), make_clip(3, 48, 64)]
+    for video, reference in zip(batch, (0, 2)):
+        video["reference_frame"] = reference
+
+    def losses():
+        torch.manual_seed(1)
+        return {k: v.item() for k, v in model(batch).items()}
+
+    before = losses()
+    assert all(np.isfinite(v) for v in before.values())
+    # another frame's target carries no supervision; the reference frame's does
+    batch[0]["instances"][1].gt_masks.tensor.zero_()
+    assert losses() == before
+    batch[0]["instances"][0].gt_masks.tensor.zero_()
+    assert losses()["loss_dice"] != before["loss_dice"]
+    # decoded frames: position 0 of clip 0 and position 2 of clip 1 (T = 1)
+    model.eval()
+    images = model.preprocess([video["image"] for video in batch])
+    text = model.text_encoder([video["expression"] for video in batch], model.device)
+    one_text = model.text_encoder([batch[1]["expression"]], model.device)
+    with torch.no_grad():
+        outputs = model.predict(images, text, 3, all_layers=False, frame=[0, 2])
+        single = model.predict(
+            model.preprocess([batch[1]["image"]]), one_text, 3, all_layers=False, frame=2
+        )
+    assert outputs["pred_masks"].shape[:2] == (2, 1)
+    torch.testing.assert_close(outputs["pred_logits"][1], single["pred_logits"][0])
+    with pytest.raises(ValueError, match="one per clip"):
+        model.predict(images, text, 3, all_layers=False, frame=[0, 3])
+    model.train()
+    del batch[1]["reference_frame"]
+    with pytest.raises(KeyError, match="reference_frame"):
+        model(batch)

@@ -18,7 +18,8 @@ Per-frame targets (`instances[t]`, one row): gt_masks, gt_boxes (from the augmen
 when empty), gt_classes [0], gt_valid (target visible in the augmented frame) and gt_annotated.
 A frame without annotation (sparse A2D-style labels) gets an empty mask, gt_valid False and
 gt_annotated False: it carries no supervision and losses must skip it, whereas gt_annotated True
-with gt_valid False means the target is known to be absent.
+with gt_valid False means the target is known to be absent. A training input also carries
+`reference_frame`, the clip position of its reference frame.
 """
 
 from __future__ import annotations
@@ -159,8 +160,12 @@ class RVOSDatasetMapper:
                 f"{label}: {len(annotations)} mask_annotations for "
                 f"{len(dataset_dict['file_names'])} frames"
             )
+        meta = {}
         if self.is_train:
-            frame_ids, frames, masks, annotated = self._training_clip(dataset_dict, reader, label)
+            frame_ids, frames, masks, annotated, reference = self._training_clip(
+                dataset_dict, reader, label
+            )
+            meta["reference_frame"] = frame_ids.index(reference)
         else:
             frame_ids = list(range(0, len(dataset_dict["file_names"]), self.test_frame_stride))
             frames = [reader.frame(i) for i in frame_ids]
@@ -185,12 +190,14 @@ class RVOSDatasetMapper:
             video_id=dataset_dict.get("video_id"),
             exp_id=dataset_dict.get("exp_id"),
             dataset_name=dataset_dict.get("dataset_name"),
+            **meta,
         )
 
     def _training_clip(
         self, dataset_dict: dict[str, Any], reader: _VideoReader, label: str
-    ) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None], list[bool]]:
-        """Frame ids, frames, masks (None = unannotated) and annotated flags of one clip."""
+    ) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None], list[bool], int]:
+        """Frame ids, frames, masks (None = unannotated), annotated flags and the reference frame
+        id of one clip."""
         num_frames = len(dataset_dict["file_names"])
         annotations = dataset_dict.get("mask_annotations")
         if not dataset_dict.get("has_masks") or annotations is None:
@@ -205,7 +212,7 @@ class RVOSDatasetMapper:
             frames, masks = make_pseudo_video(
                 reader.frame(annotated_ids[0]), mask, clip_len, self.pseudo_video_affine
             )
-            return [annotated_ids[0]] * clip_len, frames, masks, [True] * clip_len
+            return [annotated_ids[0]] * clip_len, frames, masks, [True] * clip_len, annotated_ids[0]
 
         candidates = np.random.permutation(annotated_ids)[: self.sampling_reference_tries]
         reference = next((int(i) for i in candidates if reader.mask(int(i)).any()), None)
@@ -214,4 +221,5 @@ class RVOSDatasetMapper:
         frame_ids = sample_clip_indices(reference, num_frames, clip_len, self.sampling_frame_range)
         frames = [reader.frame(i) for i in frame_ids]
         masks = [reader.mask(i) for i in frame_ids]
-        return frame_ids, frames, masks, [annotations[i] is not None for i in frame_ids]
+        annotated = [annotations[i] is not None for i in frame_ids]
+        return frame_ids, frames, masks, annotated, reference

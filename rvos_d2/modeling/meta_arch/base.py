@@ -90,13 +90,20 @@ class RVOSMetaArch(nn.Module):
         """Training: dict of weighted losses. Inference: one output dict per input video."""
         if not self.training:
             return [self.inference_video(x) for x in batched_inputs]
+        images, text, num_frames = self.training_inputs(batched_inputs)
+        outputs = self.predict(images, text, num_frames, all_layers=True)
+        return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
+
+    def training_inputs(
+        self, batched_inputs: list[dict[str, Any]]
+    ) -> tuple[ImageList, TextFeatures, int]:
+        """Padded frames, text features and the clip length T of a batch of training clips."""
         lengths = {x["image"].shape[0] for x in batched_inputs}
         if len(lengths) != 1:
             raise ValueError(f"training clips must have one length T, got lengths {lengths}")
         images = self.preprocess([x["image"] for x in batched_inputs])
         text = self.text_encoder([x["expression"] for x in batched_inputs], self.device)
-        outputs = self.predict(images, text, lengths.pop(), all_layers=True)
-        return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
+        return images, text, lengths.pop()
 
     def preprocess(self, videos: list[torch.Tensor]) -> ImageList:
         """Normalises uint8 frames (videos of T x 3 x H x W) and pads them all to one size."""

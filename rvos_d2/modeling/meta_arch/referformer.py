@@ -7,6 +7,7 @@ masks are logits at the mask branch's stride of the padded input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,7 +22,9 @@ from rvos_d2.modeling.query_decoder import build_query_decoder
 from rvos_d2.modeling.referformer import (
     infer_annotated_clips,
     infer_per_window,
+    keep_clip_frames,
     point_sampled_targets,
+    reference_frame_losses,
 )
 from rvos_d2.modeling.text_encoder import TextFeatures, build_text_encoder
 from rvos_d2.modeling.utils import resize_mask
@@ -55,6 +58,7 @@ class ReferFormer(RVOSMetaArch):
         train_size_divisibility: int = 0,
         mask_targets: str = "area",
         frozen_text_dropout: bool = False,
+        train_reference_frame_only: bool = False,
         **kwargs,
     ):
         super().__init__(mask_stride=mask_branch.stride, **kwargs)
@@ -65,6 +69,7 @@ class ReferFormer(RVOSMetaArch):
         self.train_size_divisibility = train_size_divisibility or self.size_divisibility
         self.mask_targets = mask_targets
         self.frozen_text_dropout = frozen_text_dropout
+        self.train_reference_frame_only = train_reference_frame_only
         self.vl_encoder, self.query_decoder, self.mask_branch = (
             vl_encoder,
             query_decoder,
@@ -113,6 +118,7 @@ class ReferFormer(RVOSMetaArch):
             "train_size_divisibility": rf.TRAIN_SIZE_DIVISIBILITY,
             "mask_targets": rf.MASK_TARGETS,
             "frozen_text_dropout": rf.FROZEN_TEXT_DROPOUT,
+            "train_reference_frame_only": rf.TRAIN_REFERENCE_FRAME_ONLY,
         }
 
     def train(self, mode: bool = True) -> ReferFormer:
@@ -121,6 +127,12 @@ class ReferFormer(RVOSMetaArch):
         if self.frozen_text_dropout:
             self.text_encoder.language_model.train(mode)
         return self
+
+    def forward(self, batched_inputs: list[dict[str, Any]]):
+        """The base's, or losses of each clip's reference frame only (referformer/)."""
+        if self.training and self.train_reference_frame_only:
+            return reference_frame_losses(self, batched_inputs)
+        return super().forward(batched_inputs)
 
     def preprocess(self, videos: list[torch.Tensor]) -> ImageList:
         """The base's frames, padded to `train_size_divisibility` in training."""
@@ -155,16 +167,16 @@ class ReferFormer(RVOSMetaArch):
         text: TextFeatures,
         num_frames: int,
         all_layers: bool,
-        frame: int | None = None,
+        frame: int | Sequence[int] | None = None,
     ) -> dict[str, Any]:
         """Per-frame predictions of len(images) / num_frames videos (layout: SequenceMatcher);
-        with `all_layers`, earlier decoder layers go to "aux_outputs"; with `frame`, only that
-        frame of each clip is decoded after the backbone (T = 1)."""
+        with `all_layers`, earlier decoder layers go to "aux_outputs"; with `frame` (one clip
+        position, or one per clip), only that frame of each clip is decoded after the backbone
+        (T = 1)."""
         features, padding, sizes = self.frame_features(images, num_frames)
         if frame is not None:
-            keep = torch.arange(frame, len(sizes), num_frames, device=sizes.device)
-            features = {name: f[keep] for name, f in features.items()}
-            padding, sizes, num_frames = padding[keep], sizes[keep], 1
+            features, padding, sizes = keep_clip_frames(features, padding, sizes, num_frames, frame)
+            num_frames = 1
         frame_text = text.per_frame(num_frames)
         words, word_mask = frame_text.word_feats, frame_text.word_mask
         enc = self.vl_encoder(features, padding, words, word_mask)

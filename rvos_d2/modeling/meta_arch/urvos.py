@@ -146,16 +146,12 @@ class URVOS(RVOSMetaArch):
         masks. Inference: the base's (through `stream_video`)."""
         if not self.training:
             return super().forward(batched_inputs)
-        lengths = {x["image"].shape[0] for x in batched_inputs}
-        if len(lengths) != 1:
-            raise ValueError(f"training clips must have one length T, got lengths {lengths}")
-        images = self.preprocess([x["image"] for x in batched_inputs])
-        text = self.text_encoder([x["expression"] for x in batched_inputs], self.device)
+        images, text, num_frames = self.training_inputs(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images)
         memory_masks = torch.cat([t["masks"][0] for t in targets])
         memory_valid = torch.cat([t["annotated"] for t in targets])
         outputs = self.predict(
-            images, text, lengths.pop(), True, memory_masks=memory_masks, memory_valid=memory_valid
+            images, text, num_frames, True, memory_masks=memory_masks, memory_valid=memory_valid
         )
         return self.criterion(outputs, targets)
 

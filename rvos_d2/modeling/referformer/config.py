@@ -26,6 +26,9 @@ def add_referformer_config(cfg: CfgNode) -> None:
     # inference decodes, from a clip of this many frames centred on it, each annotated frame
     # only, keeping every query (official A2D / JHMDB evaluation; needs INPUT.TEST_WITH_GT); 0: off
     cfg.MODEL.REFERFORMER.TEST_ANNOTATED_CLIPS = 0
+    # training decodes, after the backbone, only each clip's reference frame with its target
+    # (the official A2D-Sentences training, whose clips carry one annotated frame)
+    cfg.MODEL.REFERFORMER.TRAIN_REFERENCE_FRAME_ONLY = False
     # training frames are padded to a multiple of this (official: 32); 0: as SIZE_DIVISIBILITY
     cfg.MODEL.REFERFORMER.TRAIN_SIZE_DIVISIBILITY = 0
     # stride-4 mask targets: "area" averages each cell, "point" takes its pixel at offset 2
