@@ -296,3 +296,17 @@ def test_objects_of_one_annotation_are_merged_before_scoring(eval_root):
             MetadataCatalog.remove(name)
     assert results[()]["J"] < 0.9  # object 1's expression also covers object 2
     assert results[("annotator",)]["J"] == pytest.approx(1.0)  # object 2 takes its pixels
+
+
+def test_candidate_recall_is_reported_when_every_output_has_it():
+    def record(exp_id, candidate=None):
+        r = {"video_id": "v", "exp_id": exp_id, "group": (), "J": [0.1], "F": [0.2]}
+        r.update(I=[1], U=[10])
+        if candidate is not None:
+            r["candidate_iou"] = candidate
+        return r
+
+    result = summarize([record("0", 0.9), record("1", 0.5), record("2", 0.2)])
+    assert result["candidate_recall@0.5"] == pytest.approx(2 / 3)
+    assert result["candidate_IoU"] == pytest.approx(1.6 / 3)
+    assert "candidate_recall@0.5" not in summarize([record("0", 0.9), record("1")])

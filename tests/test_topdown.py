@@ -1,6 +1,7 @@
 """TopDownRVOS: tracklet construction, the whole pipeline on a tiny video, training, ensemble,
 weight assembly, and every top-down config."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,30 @@ def test_pipeline_on_a_tiny_video(tiny_model):
     assert out["pred_masks"].shape == (5, 60, 80) and out["scores"].shape == (5,)
     assert 0 <= out["pred_masks"].min() and out["pred_masks"].max() <= 1
     assert ((0 <= out["scores"]) & (out["scores"] <= 1)).all()
+
+
+def test_candidate_recall_is_the_best_kept_tracklet_iou_with_the_target(tiny_model, monkeypatch):
+    torch.manual_seed(0)
+    clip = make_clip(4, 48, 64)
+    tiny_model.eval()
+    tracklets = tiny_model.tracklets(clip["image"])
+    gt, annotated = tiny_model._target_masks(clip, tracklets.masks.shape[-2:])
+    expected = max(
+        float(((t > 0.5) & (gt > 0.5)).sum() / ((t > 0.5) | (gt > 0.5)).sum())
+        for t in tracklets.masks.float()
+    )
+    (out,) = tiny_model([clip])
+    assert float(out["candidate_target_iou"]) == pytest.approx(expected)
+    # the target itself among the tracklets: a perfect ceiling
+    perfect = tracklets.masks.clone()
+    perfect[-1] = gt.to(perfect.dtype)
+    monkeypatch.setattr(
+        tiny_model, "tracklets", lambda frames: dataclasses.replace(tracklets, masks=perfect)
+    )
+    (out,) = tiny_model([clip])
+    assert float(out["candidate_target_iou"]) == 1.0
+    del clip["instances"]
+    assert "candidate_target_iou" not in tiny_model([clip])[0]
 
 
 def test_tracklets_are_reused_for_the_expressions_of_one_video(tiny_model, monkeypatch):

@@ -55,7 +55,15 @@ CALIBRATION_ITERS = 6  # the first is a warm-up and is not timed
 PRETRAIN_ITERATIONS = 1200
 STCN_CONFIG = CONFIG_DIR / "STCN-tiny.yaml"
 STCN_WEIGHTS = ROOT / "output" / "stcn_tiny_trained" / "model_final.pth"
-METRICS = ("J", "F", "JF", "prec@0.5", "IoU_variance", "JF_variance")
+METRICS = ("J", "F", "JF", "prec@0.5", "IoU_variance", "JF_variance", "candidate_recall@0.5")
+# the first split's columns beside the J&Fs, with their headings
+TABLE_METRICS = {
+    "J": "J",
+    "F": "F",
+    "prec@0.5": "prec@0.5",
+    "JF_variance": "JF var",
+    "candidate_recall@0.5": "cand. recall",
+}
 # iteration counts of a schedule, compressed with SOLVER.MAX_ITER
 SCHEDULE_KEYS = ("MODEL.PROPAGATION.BOOTSTRAP_START_WARM", "MODEL.PROPAGATION.BOOTSTRAP_END_WARM")
 # the network's shape in MODEL.PROPAGATION: what a propagation checkpoint must match
@@ -381,7 +389,7 @@ def markdown(report: dict) -> str:
     short = {s: s.replace("rvos_synth_", "") for s in splits}
     head = ["method", "variant", "train iters", "train CPU min"]
     head += [f"{short[s]} J&F" for s in splits]
-    head += [f"{short[splits[0]]} {m}" for m in ("J", "F", "prec@0.5", "JF var")]
+    head += [f"{short[splits[0]]} {m}" for m in TABLE_METRICS.values()]
     head += ["frames / CPU s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for method, entry in report["methods"].items():
@@ -392,7 +400,7 @@ def markdown(report: dict) -> str:
             cells = [method, name, _iterations(run)]
             cells.append(_fmt(run["train_cpu_seconds"] / 60, 1) if run else "-")
             cells += [_fmt(scores.get(s, {}).get("JF")) for s in splits]
-            cells += [_fmt(first.get(m)) for m in ("J", "F", "prec@0.5", "JF_variance")]
+            cells += [_fmt(first.get(m)) for m in TABLE_METRICS]
             cells.append(_fmt(first.get("frames_per_cpu_second"), 1))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

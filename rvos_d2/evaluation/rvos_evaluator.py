@@ -8,7 +8,10 @@ reported value is the mean over groups. When the metadata names keys in `merge_o
 (Ref-DAVIS), the predictions of a video's expressions that share those keys' values (one
 annotator's description of every object) are merged into one label map before scoring
 (`merge_object_probabilities`), as the DAVIS protocol and the published Ref-DAVIS inference do.
-All metrics are fractions in [0, 1]. Temporal stability
+When every output carries "candidate_target_iou" (the best IoU any of a method's candidates
+reaches with the target, e.g. TopDownRVOS' kept tracklets), candidate_recall@0.5 (the share of
+pairs whose target is among the candidates) and candidate_IoU (its mean) give the ceiling a
+perfect selection would reach. All metrics are fractions in [0, 1]. Temporal stability
 (SOC, Luo et al. 2023, Fig. 4; lower is steadier): IoU_variance and JF_variance are the variances
 over a pair's scored frames of its per-frame IoU and per-frame (J + F) / 2, averaged over pairs.
 """
@@ -66,6 +69,8 @@ def score_pair(
         "I": [],
         "U": [],
     }
+    if "candidate_target_iou" in output:
+        record["candidate_iou"] = float(output["candidate_target_iou"])
     for frame, _, pred in predicted_frames(model_input, output, dataset_dict, annotated):
         gt = load_target_mask(dataset_dict, frame)
         inter, union = metrics.intersection_union(pred, gt)
@@ -89,6 +94,10 @@ def _summarize_group(records: list[dict[str, Any]]) -> dict[str, float]:
     summary["IoU_variance"] = float(np.mean([np.var(r["J"]) for r in records]))
     frame_jf = [(np.asarray(r["J"]) + np.asarray(r["F"])) / 2 for r in records]
     summary["JF_variance"] = float(np.mean([np.var(jf) for jf in frame_jf]))
+    if all("candidate_iou" in r for r in records):
+        candidate = np.array([r["candidate_iou"] for r in records])
+        summary["candidate_recall@0.5"] = float(np.mean(candidate >= 0.5))
+        summary["candidate_IoU"] = float(candidate.mean())
     return summary
 
 
@@ -113,9 +122,10 @@ def summarize_groups(records: list[dict[str, Any]]) -> dict[tuple, dict[str, flo
 
 
 def mean_over_groups(per_group: dict[tuple, dict[str, float]]) -> OrderedDict[str, float]:
-    """Each metric averaged over the groups of `summarize_groups`."""
+    """Each metric (that every group has) averaged over the groups of `summarize_groups`."""
     values = list(per_group.values())
-    return OrderedDict((k, float(np.mean([g[k] for g in values]))) for k in values[0])
+    keys = [k for k in values[0] if all(k in g for g in values)]
+    return OrderedDict((k, float(np.mean([g[k] for g in values]))) for k in keys)
 
 
 def summarize(records: list[dict[str, Any]]) -> OrderedDict[str, float]:

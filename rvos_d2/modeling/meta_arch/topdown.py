@@ -279,14 +279,24 @@ class TopDownRVOS(nn.Module):
     @torch.no_grad()
     def inference_video(self, video: dict[str, Any]) -> dict[str, Tensor]:
         """The best-grounded tracklet's masks at the original size and its per-frame grounding
-        probabilities (the ensemble's mean where there is one)."""
+        probabilities (the ensemble's mean where there is one). With ground truth in the input
+        (INPUT.TEST_WITH_GT), also "candidate_target_iou": the best tracklet IoU (Eq. 3) any
+        kept tracklet reaches with the target, what a perfect grounding would select."""
         frames = video["image"]
         height, width = video["height"], video["width"]
         tracklets = self._video_tracklets(video)
+        extra = {}
+        if video.get("instances") is not None:
+            best = 0.0
+            if len(tracklets):
+                gt, annotated = self._target_masks(video, tracklets.masks.shape[-2:])
+                best = grounding_target(tracklets.masks.float(), gt, annotated)[1]
+            extra["candidate_target_iou"] = torch.tensor(best)
         if len(tracklets) == 0:
             return {
                 "pred_masks": torch.zeros(len(frames), height, width, device=self.device),
                 "scores": torch.zeros(len(frames), device=self.device),
+                **extra,
             }
         probabilities = [
             model(frames, tracklets.masks, video["expression"]).softmax(dim=-1)
@@ -297,7 +307,7 @@ class TopDownRVOS(nn.Module):
         masks = F.interpolate(
             tracklets.masks[best][:, None].float(), size=(height, width), mode="bilinear"
         )[:, 0]
-        return {"pred_masks": masks.clamp(0, 1), "scores": frame_probs[:, best]}
+        return {"pred_masks": masks.clamp(0, 1), "scores": frame_probs[:, best], **extra}
 
 
 def _no_tracklets(frames: Tensor, stride: int, device: torch.device) -> Tracklets:
