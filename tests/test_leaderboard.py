@@ -11,6 +11,8 @@ import pytest
 
 from rvos_d2.config import load_config
 
+from detectron2.modeling import build_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "configs" / "Synthetic"
 
@@ -187,3 +189,13 @@ def test_one_method_on_one_split(leaderboard, tiny_synthetic):
     scores = report["methods"]["ReferFormer-tiny"]["variants"]["default"]["eval"]
     assert 0.0 <= scores["rvos_synth_valid"]["JF"] <= 1.0
     assert (out / "leaderboard.md").read_text().count("\n") == 3
+
+
+def test_every_training_ablation_builds(leaderboard):
+    """Each ablation's overrides give a model its meta-architecture accepts."""
+    for path in leaderboard.ranked_configs().values():
+        cfg = load_config(path)
+        for variant in leaderboard.variants_of(cfg, "all", None):
+            if variant.retrain:
+                ablated = load_config(path, list(variant.opts))
+                build_model(ablated)

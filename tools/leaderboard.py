@@ -125,7 +125,12 @@ TRAINING_ABLATIONS = {
         Variant("w/o memory attention", ("MODEL.URVOS.MEMORY_ATTENTION", "False"), True),
     ),
     "SOC": (
-        Variant("w/o VOC", ("MODEL.SOC.VOC.ENABLED", "False"), True),
+        # the VL loss contrasts the cluster's video queries with the text: it goes with them
+        Variant(
+            "w/o VOC (and VL loss)",
+            ("MODEL.SOC.VOC.ENABLED", "False", "MODEL.SOC.CONTRASTIVE_WEIGHT", "0.0"),
+            True,
+        ),
         Variant("w/o VL loss", ("MODEL.SOC.CONTRASTIVE_WEIGHT", "0.0"), True),
         Variant("fusion l2v only", ("MODEL.SOC.FUSION", "l2v"), True),
         Variant("fusion v2l only", ("MODEL.SOC.FUSION", "v2l"), True),
