@@ -109,31 +109,36 @@ def test_every_rvos_synthetic_config_is_ranked_and_only_those(leaderboard):
 
 def test_variants(leaderboard, tmp_path):
     urvos = load_config(SYNTHETIC / "URVOS-tiny.yaml")
-    names = [v.name for v in leaderboard.variants_of(urvos, "inference", None)]
+    names = [v.name for v in leaderboard.variants_of(urvos, "inference")]
     assert names == ["default", "3 iterations"]
-    assert [v.name for v in leaderboard.variants_of(urvos, "none", None)] == ["default"]
-    ablations = [v for v in leaderboard.variants_of(urvos, "all", None) if v.retrain]
+    assert [v.name for v in leaderboard.variants_of(urvos, "none")] == ["default"]
+    ablations = [v for v in leaderboard.variants_of(urvos, "all") if v.retrain]
     assert [v.opts[0] for v in ablations] == [
         "MODEL.URVOS.CROSS_MODAL_ATTENTION",
         "MODEL.URVOS.MEMORY_ATTENTION",
     ]
     mlrl = load_config(SYNTHETIC / "MLRL-tiny.yaml")
-    levels = [v.opts[1] for v in leaderboard.variants_of(mlrl, "all", None) if v.retrain]
+    levels = [v.opts[1] for v in leaderboard.variants_of(mlrl, "all") if v.retrain]
     assert levels == ["['frame', 'object']", "['video', 'object']", "['video', 'frame']"]
-    for variant in leaderboard.variants_of(mlrl, "all", None):  # every override is a real key
+    for variant in leaderboard.variants_of(mlrl, "all"):  # every override is a real key
         mlrl.clone().merge_from_list(list(variant.opts))
 
-    assert leaderboard.propagation_variant(tmp_path / "missing.pth") is None
+    assert leaderboard.propagation_variants(tmp_path / "missing.pth") == ()
     (tmp_path / "model_final.pth").write_bytes(b"")
-    stcn = leaderboard.propagation_variant(tmp_path / "model_final.pth")
-    opts = dict(zip(*[iter(stcn.opts)] * 2))
-    assert opts["TEST.PROPAGATION.WEIGHTS"] == str(tmp_path / "model_final.pth")
-    assert opts["MODEL.PROPAGATION.KEY_DIM"] == str(
-        load_config(SYNTHETIC / "STCN-tiny.yaml").MODEL.PROPAGATION.KEY_DIM
-    )
-    assert leaderboard.variants_of(mlrl, "inference", stcn)[-1] is stcn
+    stcn = leaderboard.propagation_variants(tmp_path / "model_final.pth")
+    fusions = []
+    for variant in stcn:
+        opts = dict(zip(*[iter(variant.opts)] * 2))
+        assert opts["TEST.PROPAGATION.WEIGHTS"] == str(tmp_path / "model_final.pth")
+        assert opts["MODEL.PROPAGATION.KEY_DIM"] == str(
+            load_config(SYNTHETIC / "STCN-tiny.yaml").MODEL.PROPAGATION.KEY_DIM
+        )
+        fusions.append(opts["TEST.PROPAGATION.FUSION"])
+        mlrl.clone().merge_from_list(list(variant.opts))
+    assert fusions == ["replace", "mean"]
+    assert leaderboard.variants_of(mlrl, "inference", stcn)[-2:] == list(stcn)
     soc = load_config(SYNTHETIC / "SOC-tiny.yaml")
-    assert stcn not in leaderboard.variants_of(soc, "inference", stcn)
+    assert not set(stcn) & set(leaderboard.variants_of(soc, "inference", stcn))
 
 
 def test_topdown_parts_train_on_the_synthetic_videos(leaderboard):
@@ -195,7 +200,7 @@ def test_every_training_ablation_builds(leaderboard):
     """Each ablation's overrides give a model its meta-architecture accepts."""
     for path in leaderboard.ranked_configs().values():
         cfg = load_config(path)
-        for variant in leaderboard.variants_of(cfg, "all", None):
+        for variant in leaderboard.variants_of(cfg, "all"):
             if variant.retrain:
                 ablated = load_config(path, list(variant.opts))
                 build_model(ablated)

@@ -147,28 +147,32 @@ TRAINING_ABLATIONS = {
 }
 
 
-def propagation_variant(weights: Path = STCN_WEIGHTS) -> Variant | None:
+def propagation_variants(weights: Path = STCN_WEIGHTS) -> tuple[Variant, ...]:
     """TEST.PROPAGATION with a trained STCN checkpoint (its network shape read from the config
-    saved beside it, else STCN-tiny.yaml), or None when the checkpoint does not exist."""
+    saved beside it, else STCN-tiny.yaml), replacing the method's masks and averaged with them;
+    none when the checkpoint does not exist."""
     if not weights.is_file():
-        return None
+        return ()
     saved = weights.parent / "config.yaml"
     network = load_config(saved if saved.is_file() else STCN_CONFIG).MODEL.PROPAGATION
     opts = ["TEST.PROPAGATION.NAME", "stcn", "TEST.PROPAGATION.WEIGHTS", str(weights)]
     for key in PROPAGATION_SHAPE:
         opts += [f"MODEL.PROPAGATION.{key}", str(network[key])]
-    return Variant("+ STCN propagation", tuple(opts))
+    return (
+        Variant("+ STCN propagation", (*opts, "TEST.PROPAGATION.FUSION", "replace")),
+        Variant("+ STCN propagation, mean fusion", (*opts, "TEST.PROPAGATION.FUSION", "mean")),
+    )
 
 
-def variants_of(cfg: CfgNode, mode: str, propagation: Variant | None) -> list[Variant]:
+def variants_of(cfg: CfgNode, mode: str, propagation: Sequence[Variant] = ()) -> list[Variant]:
     """The rows of a method: its default, then inference-only variants ("inference"), then
     training ablations ("all")."""
     arch = cfg.MODEL.META_ARCHITECTURE
     variants = [DEFAULT]
     if mode in ("inference", "all"):
         variants += INFERENCE_VARIANTS.get(arch, ())
-        if propagation is not None and arch in PROPAGATED:
-            variants.append(propagation)
+        if arch in PROPAGATED:
+            variants += propagation
     if mode == "all":
         variants += TRAINING_ABLATIONS.get(arch, ())
     return variants
@@ -542,8 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         budget = default_budget(out)
     else:
         budget = {"cpu_seconds": args.budget_cpu_minutes * 60, "source": "--budget-cpu-minutes"}
-    propagation = propagation_variant()
-    if propagation is None:
+    propagation = propagation_variants()
+    if not propagation:
         logger.warning("no %s: the '+ STCN propagation' variants are left out", STCN_WEIGHTS)
 
     pretraining = {}
