@@ -87,7 +87,10 @@ def test_the_schedule_is_compressed_proportionally(leaderboard):
     opts = dict(zip(*[iter(leaderboard.scaled_schedule(cfg, 600))] * 2))
     assert opts["SOLVER.MAX_ITER"] == "600"
     assert opts["SOLVER.STEPS"] == "(500,)" and opts["SOLVER.WARMUP_ITERS"] == "17"
-    stcn = load_config(SYNTHETIC / "STCN-tiny.yaml")  # 2000 iterations, warm CE 500 -> 1500
+    stcn = load_config(SYNTHETIC / "STCN-tiny.yaml")
+    stcn.merge_from_list(["SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1600,)"])
+    p = stcn.MODEL.PROPAGATION
+    p.BOOTSTRAP_START_WARM, p.BOOTSTRAP_END_WARM = 500, 1500
     opts = dict(zip(*[iter(leaderboard.scaled_schedule(stcn, 200))] * 2))
     assert opts["MODEL.PROPAGATION.BOOTSTRAP_START_WARM"] == "50"
     assert opts["MODEL.PROPAGATION.BOOTSTRAP_END_WARM"] == "150"
