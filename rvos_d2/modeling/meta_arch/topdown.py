@@ -245,8 +245,7 @@ class TopDownRVOS(nn.Module):
         losses = []
         for video in batched_inputs:
             masks = self.tracklets(video["image"]).masks
-            gt, annotated = self._target_masks(video, masks.shape[-2:])
-            target, iou = grounding_target(masks, gt, annotated) if len(masks) else (-1, 0.0)
+            gt, target, iou = self._match_target(video, masks)
             if iou < self.min_target_iou:
                 if not self.append_gt:
                     continue
@@ -258,6 +257,14 @@ class TopDownRVOS(nn.Module):
             zero = sum(p.sum() for p in self.grounding.parameters() if p.requires_grad) * 0.0
             return {"loss_grounding": zero}
         return {"loss_grounding": torch.stack(losses).mean()}
+
+    def _match_target(self, video: dict[str, Any], masks: Tensor) -> tuple[Tensor, int, float]:
+        """The referred object's masks at the resolution of the P x T x h x w tracklet `masks`
+        (`_target_masks`), and the index and tracklet IoU of the tracklet that matches it best
+        (-1 and 0.0 without tracklets)."""
+        gt, annotated = self._target_masks(video, masks.shape[-2:])
+        target, iou = grounding_target(masks, gt, annotated) if len(masks) else (-1, 0.0)
+        return gt, target, iou
 
     def _target_masks(self, video: dict[str, Any], size) -> tuple[Tensor, Tensor]:
         """The referred object's T x h x w masks at the tracklets' resolution (the fraction of
@@ -287,11 +294,8 @@ class TopDownRVOS(nn.Module):
         tracklets = self._video_tracklets(video)
         extra = {}
         if video.get("instances") is not None:
-            best = 0.0
-            if len(tracklets):
-                gt, annotated = self._target_masks(video, tracklets.masks.shape[-2:])
-                best = grounding_target(tracklets.masks.float(), gt, annotated)[1]
-            extra["candidate_target_iou"] = torch.tensor(best)
+            _, _, best_iou = self._match_target(video, tracklets.masks)
+            extra["candidate_target_iou"] = torch.tensor(best_iou)
         if len(tracklets) == 0:
             return {
                 "pred_masks": torch.zeros(len(frames), height, width, device=self.device),
